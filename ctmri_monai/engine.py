@@ -1,0 +1,220 @@
+"""CycleGAN training and evaluation engines on MONAI's Ignite workflows.
+
+``CycleGANTrainer`` runs one CycleGAN iteration per batch of unpaired CT/MRI slices: a generator step
+(adversarial loss both ways + lambda_cycle * cycle L1 + lambda_cycle * lambda_identity * identity L1), then a
+discriminator step on image-history pools with the loss halved. It fires MONAI's ``IterationEvents`` so MONAI
+handlers (checkpoints, stats, TensorBoard, validation, LR schedules) attach as to any MONAI trainer.
+``CycleGANEvaluator`` translates a validation or test set both ways for metrics such as FID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.engines import Evaluator, Trainer
+from monai.engines.utils import IterationEvents
+from monai.engines.workflow import Workflow
+from monai.inferers import Inferer, SimpleInferer
+from monai.networks.utils import eval_mode
+from torch import nn
+from torch.optim import Optimizer
+
+from ctmri_monai.amp import autocast, autocast_dtype, grad_scaler
+from ctmri_monai.losses import AdversarialLoss
+from ctmri_monai.pool import ImagePool
+
+LOSS_KEYS = ("loss_G", "loss_G_adv", "loss_cycle", "loss_idt", "loss_D_ct", "loss_D_mri")
+
+
+def lower_is_better(current: float, best: float) -> bool:
+    """Metric comparison for distances such as FID, for MONAI's ``metric_cmp_fn``."""
+    return current < best
+
+
+def _to_device(batch: dict, device: torch.device, non_blocking: bool, channels_last: bool) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=non_blocking)
+            if channels_last and value.ndim == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out
+
+
+def _as_plain(x: torch.Tensor) -> torch.Tensor:
+    """Drop MONAI metadata so networks see plain tensors (faster, and safe under autocast)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+class CycleGANTrainer(Trainer):
+    """Ignite/MONAI trainer of the two CycleGAN generators and two discriminators.
+
+    Args:
+        device: where networks and batches live.
+        max_epochs: epochs to train (``n_epochs + n_epochs_decay`` in the paper's schedule).
+        train_data_loader: yields dicts with "ct" and "mri" tensors (N, C, H, W) in [-1, 1].
+        generator_ct2mri: G_Y, CT -> MRI.
+        generator_mri2ct: G_X, MRI -> CT.
+        discriminator_ct: D_X, is it CT? Returns patch logits.
+        discriminator_mri: D_Y, is it MRI? Returns patch logits.
+        g_optimizer: one optimiser over both generators.
+        d_optimizer: one optimiser over both discriminators.
+        gan_mode: "lsgan" (reference default) or "bce" (the paper's log-likelihood form, with logits).
+        lambda_cycle: weight of the cycle-consistency L1 loss.
+        lambda_identity: identity loss weight, relative to ``lambda_cycle`` (0 disables it).
+        pool_ct, pool_mri: image-history pools of generated images (size 50 by default).
+        amp: mixed precision on CUDA (bf16, or fp16 with a grad scaler); ignored on CPU.
+        channels_last: NHWC memory layout for faster convolutions on GPUs.
+        train_handlers: MONAI/Ignite handlers to attach.
+        inferer: how generators are called on a batch (MONAI ``SimpleInferer`` by default).
+    """
+
+    def __init__(self, device: str | torch.device, max_epochs: int, train_data_loader: Any,
+                 generator_ct2mri: nn.Module, generator_mri2ct: nn.Module, discriminator_ct: nn.Module,
+                 discriminator_mri: nn.Module, g_optimizer: Optimizer, d_optimizer: Optimizer,
+                 gan_mode: str = "lsgan", lambda_cycle: float = 10.0, lambda_identity: float = 0.5,
+                 pool_ct: ImagePool | None = None, pool_mri: ImagePool | None = None, epoch_length: int | None = None,
+                 non_blocking: bool = False, amp: bool = False, channels_last: bool = False,
+                 train_handlers: Sequence | None = None, iteration_update: Callable | None = None,
+                 inferer: Inferer | None = None) -> None:
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        self.generator_ct2mri, self.generator_mri2ct = generator_ct2mri, generator_mri2ct
+        self.discriminator_ct, self.discriminator_mri = discriminator_ct, discriminator_mri
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        self.adversarial = AdversarialLoss(gan_mode)
+        self.l1 = nn.L1Loss()
+        self.lambda_cycle, self.lambda_identity = float(lambda_cycle), float(lambda_identity)
+        self.pool_ct = pool_ct if pool_ct is not None else ImagePool(50)
+        self.pool_mri = pool_mri if pool_mri is not None else ImagePool(50)
+        self.channels_last = channels_last
+        self.amp_dtype = autocast_dtype(device, amp)
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
+                         epoch_length=epoch_length, non_blocking=non_blocking, iteration_update=iteration_update,
+                         handlers=train_handlers, amp=False, decollate=False)
+        self.use_amp = self.amp_dtype is not None
+        if channels_last:
+            for net in self.networks():
+                net.to(memory_format=torch.channels_last)
+
+    def networks(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        return self.generator_ct2mri, self.generator_mri2ct, self.discriminator_ct, self.discriminator_mri
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train; a CUDA fp16 run gets a grad scaler (MONAI's ``Trainer.run`` would create one on CPU too)."""
+        self.scaler = grad_scaler(self.amp_dtype)
+        Workflow.run(self)
+
+    def _backward_step(self, loss: torch.Tensor, optimizer: Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+        else:
+            loss.backward()
+            optimizer.step()
+
+    @staticmethod
+    def _set_requires_grad(nets: Sequence[nn.Module], flag: bool) -> None:
+        for net in nets:
+            for p in net.parameters():
+                p.requires_grad_(flag)
+
+    def _generator_losses(self, real_ct: torch.Tensor, real_mri: torch.Tensor) -> dict[str, torch.Tensor]:
+        def g_y(x: torch.Tensor) -> torch.Tensor:
+            return self.inferer(x, self.generator_ct2mri)
+
+        def g_x(x: torch.Tensor) -> torch.Tensor:
+            return self.inferer(x, self.generator_mri2ct)
+
+        fake_mri, fake_ct = g_y(real_ct), g_x(real_mri)
+        rec_ct, rec_mri = g_x(fake_mri), g_y(fake_ct)
+        adv = self.adversarial(self.discriminator_mri(fake_mri), True) + self.adversarial(
+            self.discriminator_ct(fake_ct), True)
+        cycle = (self.l1(rec_ct.float(), real_ct.float()) + self.l1(rec_mri.float(), real_mri.float()))
+        cycle = cycle * self.lambda_cycle
+        if self.lambda_identity > 0:
+            idt = self.l1(g_y(real_mri).float(), real_mri.float()) + self.l1(g_x(real_ct).float(), real_ct.float())
+            idt = idt * self.lambda_cycle * self.lambda_identity
+        else:
+            idt = torch.zeros((), device=real_ct.device)
+        return {"loss_G": adv + cycle + idt, "loss_G_adv": adv, "loss_cycle": cycle, "loss_idt": idt,
+                "fake_ct": fake_ct, "fake_mri": fake_mri}
+
+    def _discriminator_loss(self, net: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.adversarial(net(real), True) + self.adversarial(net(fake.detach()), False))
+
+    def _iteration(self, engine: CycleGANTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        batch = _to_device(batchdata, engine.state.device, engine.non_blocking, self.channels_last)
+        real_ct, real_mri = _as_plain(batch["ct"]), _as_plain(batch["mri"])
+        engine.state.batch = batch
+        discriminators = (self.discriminator_ct, self.discriminator_mri)
+
+        self._set_requires_grad(discriminators, False)
+        with autocast(engine.state.device, self.amp_dtype):
+            g = self._generator_losses(real_ct, real_mri)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self._backward_step(g["loss_G"], self.g_optimizer)
+
+        self._set_requires_grad(discriminators, True)
+        fake_mri = self.pool_mri.query(g["fake_mri"])
+        fake_ct = self.pool_ct.query(g["fake_ct"])
+        with autocast(engine.state.device, self.amp_dtype):
+            loss_d_mri = self._discriminator_loss(self.discriminator_mri, real_mri, fake_mri)
+            loss_d_ct = self._discriminator_loss(self.discriminator_ct, real_ct, fake_ct)
+        self._backward_step(loss_d_ct + loss_d_mri, self.d_optimizer)
+        if self.scaler is not None:
+            self.scaler.update()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+
+        losses = {k: g[k] for k in LOSS_KEYS[:4]} | {"loss_D_ct": loss_d_ct, "loss_D_mri": loss_d_mri}
+        engine.state.output = {k: float(v.detach()) for k, v in losses.items()}
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class CycleGANEvaluator(Evaluator):
+    """Translates every item of an evaluation set both ways; metrics read the output dict.
+
+    Output per batch: "real_ct", "real_mri", "fake_ct", "fake_mri" (float32, N x C x H x W in [-1, 1]) and
+    "ct_valid", "mri_valid" (bool N): the unpaired evaluation set pads the shorter domain, and metrics skip
+    the padding items. Fake MRI is valid where the CT was, fake CT where the MRI was.
+    """
+
+    def __init__(self, device: str | torch.device, val_data_loader: Any, generator_ct2mri: nn.Module,
+                 generator_mri2ct: nn.Module, key_val_metric: dict | None = None,
+                 additional_metrics: dict | None = None, metric_cmp_fn: Callable = lower_is_better,
+                 val_handlers: Sequence | None = None, amp: bool = False, non_blocking: bool = False,
+                 epoch_length: int | None = None, inferer: Inferer | None = None) -> None:
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        self.generator_ct2mri, self.generator_mri2ct = generator_ct2mri, generator_mri2ct
+        self.amp_dtype = autocast_dtype(device, amp)
+        super().__init__(device=device, val_data_loader=val_data_loader, epoch_length=epoch_length,
+                         non_blocking=non_blocking, key_val_metric=key_val_metric,
+                         additional_metrics=additional_metrics, metric_cmp_fn=metric_cmp_fn,
+                         val_handlers=val_handlers, amp=False, decollate=False)
+
+    def _iteration(self, engine: CycleGANEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
+        batch = _to_device(batchdata, engine.state.device, engine.non_blocking, False)
+        real_ct, real_mri = _as_plain(batch["ct"]), _as_plain(batch["mri"])
+        engine.state.batch = batch
+        with eval_mode(self.generator_ct2mri, self.generator_mri2ct), autocast(engine.state.device, self.amp_dtype):
+            fake_mri = self.inferer(real_ct, self.generator_ct2mri).float()
+            fake_ct = self.inferer(real_mri, self.generator_mri2ct).float()
+        n = real_ct.shape[0]
+        ones = torch.ones(n, dtype=torch.bool, device=real_ct.device)
+        engine.state.output = {
+            "real_ct": real_ct, "real_mri": real_mri, "fake_ct": fake_ct, "fake_mri": fake_mri,
+            "ct_valid": batch.get("ct_valid", ones).bool(), "mri_valid": batch.get("mri_valid", ones).bool(),
+        }
+        for key in ("ct_path", "mri_path"):
+            if key in batch:
+                engine.state.output[key] = batch[key]
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
