@@ -36,8 +36,8 @@ def test_one_iteration_updates_all_networks(gan_mode: str) -> None:
     trainer, nets = _tiny_trainer(gan_mode, _batches(1))
     before = [[p.detach().clone() for p in net.parameters()] for net in nets]
     trainer.run()
-    for net, params in zip(nets, before):
-        changed = any(not torch.equal(a, b) for a, b in zip(net.parameters(), params))
+    for net, params in zip(nets, before, strict=False):
+        changed = any(not torch.equal(a, b) for a, b in zip(net.parameters(), params, strict=False))
         assert changed, f"{type(net).__name__} was not updated"
     out = trainer.state.output
     assert set(out) == set(LOSS_KEYS)
@@ -69,7 +69,8 @@ def test_image_pool_keeps_history_and_round_trips() -> None:
     assert len(pool.images) == 3
     restored = ImagePool(0)
     restored.load_state_dict(pool.state_dict())
-    assert restored.pool_size == 3 and all(torch.equal(a, b) for a, b in zip(pool.images, restored.images))
+    assert restored.pool_size == 3
+    assert all(torch.equal(a, b) for a, b in zip(pool.images, restored.images, strict=True))
 
 
 def test_schedule_constant_then_linear_to_zero() -> None:
@@ -82,7 +83,7 @@ def test_schedule_constant_then_linear_to_zero() -> None:
         sched.step()
     assert lrs[:6] == [1.0] * 6
     assert lrs[-1] == 0.0
-    assert all(a > b for a, b in zip(lrs[5:], lrs[6:]))
+    assert all(a > b for a, b in zip(lrs[5:], lrs[6:], strict=False))
 
 
 def test_evaluator_outputs_translations_and_masks() -> None:

@@ -1,0 +1,34 @@
+"""Where the MONAI Bundle lives, and running its configs in-process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def bundle_root() -> Path:
+    """The ``bundle/`` folder: ``$CTMRI_BUNDLE`` if set, else the one beside this package (source checkout)."""
+    env = os.environ.get("CTMRI_BUNDLE")
+    root = Path(env) if env else Path(__file__).resolve().parents[1] / "bundle"
+    if not (root / "configs" / "metadata.json").is_file():
+        raise FileNotFoundError(f"MONAI bundle not found at {root}: run from a source checkout of ctmri-monai or set "
+                                "CTMRI_BUNDLE to the bundle folder")
+    return root
+
+
+def config_path(name: str) -> Path:
+    """``bundle/configs/<name>.yaml``."""
+    return bundle_root() / "configs" / f"{name}.yaml"
+
+
+def run_bundle(config: str | Sequence[str], **overrides: Any) -> None:
+    """``python -m monai.bundle run`` in this process, on one or more bundle configs, with ID overrides."""
+    from monai.bundle import run
+
+    names = [config] if isinstance(config, str) else list(config)
+    files = [str(config_path(n)) for n in names]
+    root = bundle_root()
+    run(config_file=files if len(files) > 1 else files[0], meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"), **overrides)

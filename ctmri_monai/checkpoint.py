@@ -1,0 +1,238 @@
+"""Checkpoints: crash-safe saving, safe loading (``weights_only=True``), resume, and generator loading.
+
+A checkpoint is a ``torch.save`` of a dict of state dicts and plain Python data, one entry per object of the
+bundle's ``save_dict`` (``generator_ct2mri``, ``generator_mri2ct``, ``discriminator_ct``, ``discriminator_mri``,
+optimisers, schedulers, pools, ``trainer`` and ``model_spec``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
+from torch import nn
+
+from ctmri_monai import DIRECTIONS
+
+logger = logging.getLogger(__name__)
+
+SPEC_KEYS = ("backbone", "ngf", "n_blocks", "num_downs", "in_channels", "out_channels", "image_size",
+             "ct_window", "mri_percentiles", "pixdim")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: missing, truncated, unsafe, or of another model."""
+
+
+class ModelSpec:
+    """The architecture and preprocessing a checkpoint was trained with; saved beside the weights."""
+
+    def __init__(self, backbone: str = "resnet", ngf: int = 64, n_blocks: int = 9, num_downs: int = 8,
+                 in_channels: int = 1, out_channels: int = 1, image_size: int = 256,
+                 ct_window: tuple[float, float] = (-1000.0, 1000.0),
+                 mri_percentiles: tuple[float, float] = (0.5, 99.5),
+                 pixdim: tuple[float, float] = (1.0, 1.0)) -> None:
+        self.values: dict[str, Any] = {
+            "backbone": str(backbone), "ngf": int(ngf), "n_blocks": int(n_blocks), "num_downs": int(num_downs),
+            "in_channels": int(in_channels), "out_channels": int(out_channels), "image_size": int(image_size),
+            "ct_window": [float(v) for v in ct_window], "mri_percentiles": [float(v) for v in mri_percentiles],
+            "pixdim": [float(v) for v in pixdim],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.values.update({k: state[k] for k in SPEC_KEYS if k in state})
+
+    def generator_kwargs(self) -> dict[str, Any]:
+        keys = ("backbone", "in_channels", "out_channels", "ngf", "n_blocks", "num_downs")
+        return {k: self.values[k] for k in keys}
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class AtomicDiskSaver(DiskSaver):
+    """Ignite save handler that never leaves a truncated checkpoint behind (rank 0 only)."""
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, require_empty=False, atomic=False, create_dir=True)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != 0:
+            return
+        atomic_torch_save(checkpoint, os.path.join(self.dirname, self.filename or filename))
+
+    def remove(self, filename: str) -> None:
+        if idist.get_rank() != 0:
+            return
+        path = Path(self.dirname) / (self.filename or filename)
+        if path.exists():
+            path.unlink()
+
+
+class CheckpointSaver(MonaiCheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing atomically (temporary file, fsync, rename).
+
+    Same arguments as MONAI's; ``n_saved`` keeps the last K interval checkpoints.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        super().__init__(save_dir, save_dict, **kwargs)
+        os.makedirs(save_dir, exist_ok=True)
+        final_name = kwargs.get("final_filename")
+        key_name = kwargs.get("key_metric_filename")
+        for ckpt, fixed in ((self._final_checkpoint, final_name), (self._key_metric_checkpoint, key_name),
+                            (self._interval_checkpoint, None)):
+            if ckpt is not None:
+                ckpt.save_handler = AtomicDiskSaver(save_dir, fixed)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; one clear ``CheckpointError`` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused to load: the checkpoint holds objects other than tensors and plain "
+                              f"data, which could run code ({str(err).splitlines()[0]})") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({str(err).splitlines()[0]})") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a ctmri-monai checkpoint (top level is {type(data).__name__})")
+    return data
+
+
+def load_generator(path: str | os.PathLike, direction: str, device: str | torch.device = "cpu",
+                   spec_overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the generator of ``direction`` ("ct2mri" or "mri2ct") from a checkpoint, in eval mode.
+
+    Returns the module and an info dict: "model_spec", "sha256", "file", "direction".
+    """
+    from ctmri_monai.networks import define_generator
+
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
+    data = load_checkpoint(path, map_location="cpu")
+    key = f"generator_{direction}"
+    if key not in data:
+        raise CheckpointError(f"{path}: has no '{key}' entry (found: {', '.join(sorted(data)) or 'nothing'})")
+    spec = ModelSpec()
+    if "model_spec" in data:
+        spec.load_state_dict(data["model_spec"])
+    if spec_overrides:
+        spec.load_state_dict(spec_overrides)
+    net = define_generator(**spec.generator_kwargs())
+    try:
+        net.load_state_dict(data[key])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: '{key}' does not fit a {spec.values['backbone']} generator with "
+                              f"ngf={spec.values['ngf']}, in/out channels {spec.values['in_channels']}/"
+                              f"{spec.values['out_channels']} ({str(err).splitlines()[0]})") from err
+    net.to(device).eval()
+    info = {"model_spec": spec.state_dict(), "sha256": file_sha256(path), "file": str(path), "direction": direction}
+    return net, info
+
+
+_EPOCH_RE = re.compile(r"(?:epoch|iteration)=(\d+)")
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest loadable checkpoint in ``folder`` (by trainer epoch/iteration recorded inside), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    best: tuple[int, int, Path] | None = None
+    for path in folder.glob("*.pt"):
+        try:
+            state = load_checkpoint(path).get("trainer", {})
+        except CheckpointError as err:
+            logger.warning("skipping unusable checkpoint: %s", err)
+            continue
+        rank = (int(state.get("epoch", 0)), int(state.get("iteration", 0)), path)
+        if best is None or rank[:2] > best[:2]:
+            best = rank
+    return None if best is None else best[2]
+
+
+class ResumeHandler:
+    """Resume from the newest complete checkpoint in ``checkpoint_dir`` when ``enabled`` (MONAI CheckpointLoader).
+
+    A run killed at any moment is resumed by running the same command again; with no checkpoint it starts fresh.
+    """
+
+    def __init__(self, checkpoint_dir: str, load_dict: dict, enabled: bool = True,
+                 map_location: str | torch.device | None = None) -> None:
+        self.checkpoint_dir, self.load_dict, self.enabled = checkpoint_dir, load_dict, enabled
+        self.map_location = map_location
+        self.loaded_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return
+        CheckpointLoader(str(path), self.load_dict, map_location=self.map_location)(engine)
+        self.loaded_from = path
+        logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
+
+
+__all__ = ["AtomicDiskSaver", "Checkpoint", "CheckpointError", "CheckpointSaver", "ModelSpec", "ResumeHandler",
+           "atomic_torch_save", "file_sha256", "latest_checkpoint", "load_checkpoint", "load_generator",
+           "read_model_spec"]
+
+
+def read_model_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``model_spec`` a checkpoint was trained with (defaults for entries it lacks)."""
+    spec = ModelSpec()
+    spec.load_state_dict(load_checkpoint(path).get("model_spec", {}))
+    return spec.state_dict()
