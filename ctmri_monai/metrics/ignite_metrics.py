@@ -1,0 +1,313 @@
+"""Ignite metrics: FID / KID per translation direction, for MONAI evaluators (one float per metric name).
+
+Per evaluation iteration the engine output is a dict with the batched tensors "real_ct", "real_mri",
+"fake_ct", "fake_mri" (N x 1 x H x W in [-1, 1]) and the boolean N-vectors "ct_valid", "mri_valid" (the
+evaluation dataset pads the shorter domain); a MONAI-decollated list of per-item dicts with those keys works
+too. Direction "ct2mri" compares "fake_mri" items where "ct_valid" (their CT input was real) with "real_mri"
+items where "mri_valid".
+
+:class:`TranslationFeatures` collects the features of one direction once; :class:`TranslationFID` and
+:class:`TranslationKID` are ``MetricsLambda`` s over it, so FID and KID of a direction share one feature pass
+(ignite attaches a shared dependency once). :func:`translation_metrics` builds the five named metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.exceptions import NotComputableError
+from ignite.metrics import Metric, MetricsLambda
+from ignite.metrics.metric import reinit__is_reduced
+from torch import nn
+
+from .features import module_device
+from .frechet import frechet_distance, kernel_inception_distance
+
+__all__ = [
+    "DIRECTIONS",
+    "KEY_METRIC",
+    "TranslationFID",
+    "TranslationFeatures",
+    "TranslationKID",
+    "TranslationOutputTransform",
+    "lower_is_better",
+    "translation_metrics",
+]
+
+DIRECTIONS = ("ct2mri", "mri2ct")
+KEY_METRIC = "fid_mean"
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def lower_is_better(current: float, previous_best: float) -> bool:
+    """``metric_cmp_fn`` for MONAI workflows whose key metric is a distance (FID/KID: lower is better)."""
+    return current < previous_best
+
+
+class TranslationOutputTransform:
+    """Pick ``(fake, real, fake_valid, real_valid)`` of one direction from the evaluation output.
+
+    Accepts the engine's dict of batched tensors or a decollated list of per-item dicts. Missing valid keys
+    mean "all valid".
+    """
+
+    def __init__(self, direction: str = "ct2mri") -> None:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        source, target = direction.split("2")
+        self.direction = direction
+        self.keys = (f"fake_{target}", f"real_{target}", f"{source}_valid", f"{target}_valid")
+
+    def _pick(self, output: Any, key: str) -> Any:
+        if isinstance(output, Mapping):
+            return output.get(key)
+        items = [o.get(key) for o in output]
+        if any(i is None for i in items):
+            return None
+        return torch.stack([torch.as_tensor(i) for i in items])
+
+    def __call__(self, output: Any) -> tuple[Any, Any, Any, Any]:
+        if not isinstance(output, Mapping) and not (
+            isinstance(output, Sequence) and len(output) > 0 and all(isinstance(o, Mapping) for o in output)
+        ):
+            raise TypeError(
+                f"{self.direction}: expected the evaluation output dict (keys {self.keys}) or a list of such "
+                f"dicts, got {type(output).__name__}"
+            )
+        fake, real, fake_valid, real_valid = (self._pick(output, k) for k in self.keys)
+        if fake is None or real is None:
+            raise KeyError(
+                f"{self.direction}: the evaluation output lacks {self.keys[0]!r} or {self.keys[1]!r}"
+            )
+        return fake, real, fake_valid, real_valid
+
+
+class TranslationFeatures(Metric):
+    """Collect features of the valid fake and real images of one direction; ``compute()`` -> (fake, real).
+
+    ``update((fake, real[, fake_valid, real_valid]))``: images N x C x H x W (or N x H x W) in [-1, 1]; valid
+    masks are boolean N-vectors (``None``: all valid). Features are stored on the CPU as float32 and returned
+    as float64 tensors (N_fake, F), (N_real, F), gathered over all processes with ``ignite.distributed``
+    (world size 1: no communication). ``compute`` is cached until the next ``update``/``reset``.
+    """
+
+    def __init__(
+        self,
+        feature_extractor: Callable[[torch.Tensor], torch.Tensor],
+        output_transform: Callable = _identity,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.feature_extractor = feature_extractor
+        self._fake: list[torch.Tensor] = []
+        self._real: list[torch.Tensor] = []
+        self._version = 0
+        self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        super().__init__(output_transform=output_transform, device=device, skip_unrolling=True)
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the collected features change (lets dependants cache their results)."""
+        return self._version
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._fake, self._real = [], []
+        self._cached = None
+        self._version += 1
+
+    def _features(self, images: Any, valid: Any) -> torch.Tensor | None:
+        x = torch.as_tensor(images)
+        x = x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        if valid is not None:
+            keep = torch.as_tensor(valid).reshape(-1).to(device=x.device, dtype=torch.bool)
+            if keep.numel() != x.shape[0]:
+                raise ValueError(f"valid mask has {keep.numel()} items for a batch of {x.shape[0]} images")
+            x = x[keep]
+        if x.shape[0] == 0:
+            return None
+        fe = self.feature_extractor
+        if isinstance(fe, nn.Module):
+            x = x.to(module_device(fe, default=x.device))
+        feats = fe(x.detach())
+        return feats.detach().reshape(feats.shape[0], -1).to("cpu", torch.float32)
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[Any]) -> None:
+        if len(output) not in (2, 4):
+            raise ValueError(
+                f"expected (fake, real) or (fake, real, fake_valid, real_valid), got {len(output)} items"
+            )
+        fake, real = output[0], output[1]
+        fake_valid, real_valid = (output[2], output[3]) if len(output) == 4 else (None, None)
+        for store, images, valid in ((self._fake, fake, fake_valid), (self._real, real, real_valid)):
+            feats = self._features(images, valid)
+            if feats is not None:
+                store.append(feats)
+        self._cached = None
+        self._version += 1
+
+    @staticmethod
+    def _gather(chunks: list[torch.Tensor]) -> torch.Tensor:
+        local = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+        if idist.get_world_size() == 1:
+            return local.double()
+        dev = idist.device()
+        shapes = idist.all_gather(torch.tensor(list(local.shape), device=dev)).reshape(-1, 2).cpu()
+        width = int(shapes[:, 1].max())  # processes without features send (0, width)
+        shapes[:, 1] = torch.where(shapes[:, 0] == 0, width, shapes[:, 1])
+        if local.shape[0] == 0:
+            local = torch.zeros(0, width)
+        parts = idist.all_gather_tensors_with_shapes(local.to(dev), shapes.tolist())
+        return torch.cat([p.cpu() for p in parts]).double()
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cached is None:
+            fake, real = self._gather(self._fake), self._gather(self._real)
+            if fake.shape[0] < 2 or real.shape[0] < 2:
+                raise NotComputableError(
+                    f"FID/KID need at least 2 valid fake and 2 valid real images, got {fake.shape[0]} and "
+                    f"{real.shape[0]}"
+                )
+            self._cached = (fake, real)
+        return self._cached
+
+
+def _collector(
+    features: TranslationFeatures | None,
+    feature_extractor: Callable | None,
+    output_transform: Callable,
+    device: Any,
+) -> TranslationFeatures:
+    if features is not None:
+        return features
+    if feature_extractor is None:
+        raise ValueError("give a feature_extractor (or a shared TranslationFeatures as features=)")
+    return TranslationFeatures(feature_extractor, output_transform, device=device)
+
+
+class _CachedLambda(MetricsLambda):
+    """MetricsLambda over one TranslationFeatures whose float result is cached per collected feature set."""
+
+    def __init__(self, fn: Callable, features: TranslationFeatures) -> None:
+        self.features = features
+        self._cache: tuple[int, float] | None = None
+        super().__init__(fn, features)
+
+    def compute(self) -> float:
+        version = self.features.version
+        if self._cache is None or self._cache[0] != version:
+            self._cache = (version, float(super().compute()))
+        return self._cache[1]
+
+
+class TranslationFID(_CachedLambda):
+    """FID between fake and real images of one direction (Ignite metric, ``compute()`` -> float).
+
+    Args:
+        feature_extractor: images in [-1, 1] -> (N, F) features, e.g. ``InceptionFeatures()`` (or
+            ``RandomFeatures()`` for tests). Not needed when ``features`` is given.
+        output_transform: engine output -> (fake, real, fake_valid, real_valid), e.g.
+            ``TranslationOutputTransform("ct2mri")``.
+        kid_subset_size, kid_subsets: settings of the companion metric from :meth:`kid`.
+        features: a shared :class:`TranslationFeatures` (then feature_extractor/output_transform are unused).
+        device: device of the internal collector metric (ignite's ``device``).
+    """
+
+    def __init__(
+        self,
+        feature_extractor: Callable | None = None,
+        output_transform: Callable = _identity,
+        kid_subset_size: int = 100,
+        kid_subsets: int = 100,
+        features: TranslationFeatures | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.kid_subset_size = int(kid_subset_size)
+        self.kid_subsets = int(kid_subsets)
+        super().__init__(_fid_of_pair, _collector(features, feature_extractor, output_transform, device))
+
+    def kid(self, **kwargs: Any) -> TranslationKID:
+        """The KID metric of the same direction sharing this metric's features (no second feature pass)."""
+        kwargs.setdefault("subset_size", self.kid_subset_size)
+        kwargs.setdefault("n_subsets", self.kid_subsets)
+        return TranslationKID(features=self.features, **kwargs)
+
+
+class TranslationKID(_CachedLambda):
+    """KID (mean unbiased polynomial MMD^2 over subsets) of one direction; ``compute()`` -> float.
+
+    ``return_std=True`` makes it report the standard deviation over subsets instead of the mean. Other
+    arguments as :class:`TranslationFID` and :func:`~ctmri_monai.metrics.frechet.kernel_inception_distance`.
+    """
+
+    def __init__(
+        self,
+        feature_extractor: Callable | None = None,
+        output_transform: Callable = _identity,
+        subset_size: int = 100,
+        n_subsets: int = 100,
+        degree: int = 3,
+        gamma: float | None = None,
+        coef0: float = 1.0,
+        seed: int = 0,
+        return_std: bool = False,
+        features: TranslationFeatures | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.kid_kwargs = dict(
+            subset_size=int(subset_size),
+            n_subsets=int(n_subsets),
+            degree=degree,
+            gamma=gamma,
+            coef0=coef0,
+            seed=seed,
+        )
+        self.return_std = bool(return_std)
+        super().__init__(self._kid_of_pair, _collector(features, feature_extractor, output_transform, device))
+
+    def _kid_of_pair(self, pair: tuple[torch.Tensor, torch.Tensor]) -> float:
+        mean, std = kernel_inception_distance(pair[0], pair[1], **self.kid_kwargs)
+        return std if self.return_std else mean
+
+
+def _fid_of_pair(pair: tuple[torch.Tensor, torch.Tensor]) -> float:
+    return frechet_distance(pair[0], pair[1])
+
+
+def _mean(*values: float) -> float:
+    return float(sum(values) / len(values))
+
+
+def translation_metrics(
+    feature_extractor: Callable[[torch.Tensor], torch.Tensor],
+    kid_subset_size: int = 100,
+    kid_subsets: int = 100,
+    directions: Sequence[str] = DIRECTIONS,
+    device: str | torch.device = "cpu",
+) -> dict[str, Metric]:
+    """Named metrics to attach to an evaluator that outputs the evaluation dict described in this module.
+
+    Returns ``{"fid_ct2mri", "kid_ct2mri", "fid_mri2ct", "kid_mri2ct", "fid_mean"}`` (for the default
+    directions): per direction one shared feature collector, FID and KID over it; ``fid_mean`` is a
+    ``MetricsLambda`` of the FIDs, the natural MONAI ``key_metric`` (lower is better: use
+    ``metric_cmp_fn=lower_is_better``, and ``key_metric_negative_sign=True`` in ``CheckpointSaver``).
+    """
+    metrics: dict[str, Metric] = {}
+    fids = []
+    for d in directions:
+        fid = TranslationFID(
+            feature_extractor, TranslationOutputTransform(d), kid_subset_size, kid_subsets, device=device
+        )
+        metrics[f"fid_{d}"] = fid
+        metrics[f"kid_{d}"] = fid.kid()
+        fids.append(fid)
+    metrics[KEY_METRIC] = MetricsLambda(_mean, *fids)
+    return metrics
