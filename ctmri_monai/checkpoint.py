@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import pickle
-import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -179,25 +178,21 @@ def load_generator(path: str | os.PathLike, direction: str, device: str | torch.
     return net, info
 
 
-_EPOCH_RE = re.compile(r"(?:epoch|iteration)=(\d+)")
-
-
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest loadable checkpoint in ``folder`` (by trainer epoch/iteration recorded inside), or None."""
+    """The newest loadable checkpoint in ``folder`` (by the trainer iteration recorded inside), or None."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    best: tuple[int, int, Path] | None = None
+    best: tuple[int, Path] | None = None
     for path in folder.glob("*.pt"):
         try:
             state = load_checkpoint(path).get("trainer", {})
         except CheckpointError as err:
             logger.warning("skipping unusable checkpoint: %s", err)
             continue
-        rank = (int(state.get("epoch", 0)), int(state.get("iteration", 0)), path)
-        if best is None or rank[:2] > best[:2]:
-            best = rank
-    return None if best is None else best[2]
+        if best is None or int(state.get("iteration", 0)) > best[0]:
+            best = (int(state.get("iteration", 0)), path)
+    return None if best is None else best[1]
 
 
 class ResumeHandler:
