@@ -1,7 +1,8 @@
 """Time-budgeted training: fit the whole constant + decay schedule into a wall-clock budget.
 
 The handler measures iterations per second over the first ``measure_seconds`` (one minute by default, less for
-short budgets), then sets the epoch count so the run ends inside the budget, and re-spreads the learning-rate
+short budgets), then sets the epoch count so the run ends inside the budget (corrected at every epoch end with
+the speed measured so far), and re-spreads the learning-rate
 schedule over the new length with the paper's 1:1 ratio of constant and decaying epochs, so the learning rate
 reaches zero at the last iteration. A hard stop ends the run (saving the final checkpoint on ``COMPLETED``) if
 the estimate was too optimistic; ``ValidateOnCompleted`` makes sure a best checkpoint exists by then.
@@ -50,6 +51,7 @@ class TimeBudgetHandler:
             return
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._replan)
 
     def elapsed(self) -> float:
         return 0.0 if self.start is None else time.perf_counter() - self.start
@@ -70,11 +72,19 @@ class TimeBudgetHandler:
                            engine.state.iteration)
             engine.terminate()
 
+    def _replan(self, engine: Engine) -> None:
+        """Correct the plan at each epoch end with the speed measured so far (other load on the machine varies)."""
+        if self.planned_epochs is None or self.measure_start is None:
+            return
+        seconds = time.perf_counter() - self.measure_start
+        if seconds > 0 and engine.state.epoch < engine.state.max_epochs:
+            self._plan(engine, (engine.state.iteration - self.first_iteration) / seconds)
+
     def _plan(self, engine: Engine, iterations_per_second: float) -> None:
         epoch_length = engine.state.epoch_length
         remaining = max(0.0, self.budget - self.elapsed() - self.reserve_seconds)
         affordable = engine.state.iteration + iterations_per_second * remaining * self.safety
-        epochs = max(engine.state.epoch + 1, math.floor(affordable / epoch_length))
+        epochs = max(engine.state.epoch, 1, math.floor(affordable / epoch_length))  # always finish this epoch
         self.iterations_per_second, self.planned_epochs = iterations_per_second, epochs
         engine.state.max_epochs = epochs
         constant = round(epochs * self.constant_fraction) * epoch_length

@@ -147,6 +147,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return data
 
 
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
+
+
+def load_generator_weights(net: nn.Module, path: str | os.PathLike, direction: str,
+                           data: Mapping[str, Any] | None = None) -> nn.Module:
+    """Load the ``generator_<direction>`` weights of a checkpoint into ``net``; returns ``net`` in eval mode."""
+    _check_direction(direction)
+    data = load_checkpoint(path) if data is None else data
+    key = f"generator_{direction}"
+    if key not in data:
+        raise CheckpointError(f"{path}: has no '{key}' entry (found: {', '.join(sorted(data)) or 'nothing'})")
+    spec = ModelSpec()
+    spec.load_state_dict(data.get("model_spec", {}))
+    try:
+        net.load_state_dict(data[key])
+    except RuntimeError as err:
+        v = spec.values
+        raise CheckpointError(f"{path}: '{key}' does not fit the requested {type(net).__name__}; the checkpoint was "
+                              f"trained as backbone={v['backbone']}, ngf={v['ngf']}, in/out channels "
+                              f"{v['in_channels']}/{v['out_channels']} ({str(err).splitlines()[0]})") from err
+    return net.eval()
+
+
 def load_generator(path: str | os.PathLike, direction: str, device: str | torch.device = "cpu",
                    spec_overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build the generator of ``direction`` ("ct2mri" or "mri2ct") from a checkpoint, in eval mode.
@@ -155,27 +180,21 @@ def load_generator(path: str | os.PathLike, direction: str, device: str | torch.
     """
     from ctmri_monai.networks import define_generator
 
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
+    _check_direction(direction)
     data = load_checkpoint(path, map_location="cpu")
-    key = f"generator_{direction}"
-    if key not in data:
-        raise CheckpointError(f"{path}: has no '{key}' entry (found: {', '.join(sorted(data)) or 'nothing'})")
     spec = ModelSpec()
-    if "model_spec" in data:
-        spec.load_state_dict(data["model_spec"])
+    spec.load_state_dict(data.get("model_spec", {}))
     if spec_overrides:
         spec.load_state_dict(spec_overrides)
     net = define_generator(**spec.generator_kwargs())
-    try:
-        net.load_state_dict(data[key])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: '{key}' does not fit a {spec.values['backbone']} generator with "
-                              f"ngf={spec.values['ngf']}, in/out channels {spec.values['in_channels']}/"
-                              f"{spec.values['out_channels']} ({str(err).splitlines()[0]})") from err
-    net.to(device).eval()
-    info = {"model_spec": spec.state_dict(), "sha256": file_sha256(path), "file": str(path), "direction": direction}
-    return net, info
+    load_generator_weights(net, path, direction, data)
+    return net.to(device), model_info(path, direction, spec.state_dict())
+
+
+def model_info(path: str | os.PathLike, direction: str, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What outputs record about the model: checkpoint file, its SHA-256, direction and model_spec."""
+    spec = read_model_spec(path) if spec is None else dict(spec)
+    return {"model_spec": spec, "sha256": file_sha256(path), "file": str(path), "direction": direction}
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
@@ -223,11 +242,16 @@ class ResumeHandler:
 
 __all__ = ["AtomicDiskSaver", "Checkpoint", "CheckpointError", "CheckpointSaver", "ModelSpec", "ResumeHandler",
            "atomic_torch_save", "file_sha256", "latest_checkpoint", "load_checkpoint", "load_generator",
-           "read_model_spec"]
+           "load_generator_weights", "model_info", "read_model_spec"]
 
 
-def read_model_spec(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``model_spec`` a checkpoint was trained with (defaults for entries it lacks)."""
+def read_model_spec(path: str | os.PathLike, missing_ok: bool = False) -> dict[str, Any]:
+    """The ``model_spec`` a checkpoint was trained with (defaults for entries it lacks).
+
+    ``missing_ok``: a checkpoint file that does not exist yet gives the defaults (for building a network
+    definition before any training, e.g. ``verify_net_in_out``); a corrupt one still raises.
+    """
     spec = ModelSpec()
-    spec.load_state_dict(load_checkpoint(path).get("model_spec", {}))
+    if not (missing_ok and not Path(path).exists()):
+        spec.load_state_dict(load_checkpoint(path).get("model_spec", {}))
     return spec.state_dict()

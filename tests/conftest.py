@@ -45,3 +45,17 @@ def run_bundle_cli(configs: list[str], timeout: float = 300, **overrides: object
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run(bundle_cmd(configs, **overrides), capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=REPO)
+
+
+def write_tiny_checkpoint(path: Path, image_size: int = 32, pixdim: tuple[float, float] = (6.0, 6.0)) -> Path:
+    """A checkpoint of two tiny untrained ResNet generators with its model_spec, as training writes it."""
+    import torch
+
+    from ctmri_monai.checkpoint import ModelSpec, atomic_torch_save
+    from ctmri_monai.networks import define_generator
+
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="resnet", ngf=4, n_blocks=1, num_downs=5, image_size=image_size, pixdim=pixdim)
+    data = {f"generator_{d}": define_generator(**spec.generator_kwargs()).state_dict() for d in ("ct2mri", "mri2ct")}
+    atomic_torch_save(data | {"model_spec": spec.state_dict()}, path)
+    return path

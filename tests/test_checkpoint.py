@@ -63,7 +63,8 @@ def test_corrupt_or_truncated(tmp_path: Path, content: bytes | None) -> None:
 def test_wrong_backbone_or_missing_entry(tmp_path: Path) -> None:
     path = tmp_path / "c.pt"
     _write_checkpoint(path)
-    with pytest.raises(CheckpointError, match="does not fit a unet generator"):
+    with pytest.raises(CheckpointError, match="does not fit the requested UnetGenerator; the checkpoint was trained as "
+                       "backbone=resnet"):
         load_generator(path, "ct2mri", spec_overrides={"backbone": "unet"})
     torch.save({"model_spec": ModelSpec().state_dict()}, tmp_path / "empty.pt")
     with pytest.raises(CheckpointError, match="has no 'generator_ct2mri'"):

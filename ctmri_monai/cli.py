@@ -1,0 +1,83 @@
+"""The ``ctmri`` console command: the common jobs without writing bundle overrides."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ctmri_monai.convert.batch import add_convert_arguments, main_convert
+
+
+def _make_phantoms(args: argparse.Namespace) -> int:
+    from ctmri_monai.phantoms import make_phantoms
+
+    report = make_phantoms(args.output_dir, subjects=args.subjects, seed=args.seed)
+    print(f"phantoms written to {args.output_dir}: {report}")
+    return 0
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    import ast
+
+    key, _, value = text.partition("=")
+    if not key or not _:
+        raise SystemExit(f"override {text!r} is not of the form key=value")
+    try:
+        parsed: object = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return key, parsed
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ctmri_monai.bundle_paths import run_bundle
+
+    overrides = dict(_parse_override(o) for o in args.set)
+    overrides.update(dataset_dir=args.dataset_dir, output_dir=args.output_dir)
+    run_bundle("train", **overrides)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ctmri_monai.demo import run_demo
+
+    return run_demo(args.output_dir, minutes=args.minutes, subjects=args.subjects)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctmri", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="phantoms -> short training -> FID -> volume conversion with QA, on CPU")
+    p.add_argument("--output-dir", default="demo_output")
+    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    p.add_argument("--subjects", type=int, default=8)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("make-phantoms", help="write synthetic paired CT/MRI head phantoms (NIfTI, DICOM, PNG)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--subjects", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_make_phantoms)
+
+    p = sub.add_parser("train", help="train CycleGAN with bundle/configs/train.yaml")
+    p.add_argument("--dataset-dir", required=True)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="bundle override, e.g. --set ngf=16 --set image_size=128 (repeatable)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("convert", help="convert NIfTI / DICOM volumes slice-wise with a trained generator")
+    add_convert_arguments(p)
+    p.set_defaults(func=main_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

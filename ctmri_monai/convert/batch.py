@@ -1,0 +1,370 @@
+"""Batch conversion: many NIfTI / DICOM / .mha / .nrrd inputs with one generator, robust to bad files.
+
+Inputs are files, folders (image files inside and DICOM series sub-folders, searched recursively) or ``.txt``
+list files (one path per line, ``#`` comments; relative paths are taken from the current folder, then from
+the list's folder). Each input gives ``<stem>_<direction>.nii.gz`` in the output folder (plus, with
+``dicom=True`` and DICOM input, a ``<stem>_<direction>_dicom/`` series), a QA montage in ``qa/``, and a row
+in ``summary.json``. Finished outputs are skipped unless ``overwrite``; a failing file is reported and
+the batch goes on; the exit status is 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctmri_monai import DIRECTIONS
+from ctmri_monai.convert.io import (
+    SUPPORTED_SUFFIXES,
+    ConversionError,
+    is_dicom_folder,
+    path_stem,
+    path_suffix,
+)
+from ctmri_monai.convert.pipeline import convert_volume
+
+SPEC_DEFAULTS: dict[str, Any] = {"image_size": 256, "pixdim": (1.0, 1.0), "ct_window": (-1000.0, 1000.0),
+                                 "mri_percentiles": (0.5, 99.5)}
+
+
+# ------------------------------------------------------------------------------------------ input discovery
+
+
+def _list_file_entries(list_file: Path) -> list[str]:
+    entries = []
+    for line in list_file.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line).expanduser()
+        if not path.is_absolute() and not path.exists() and (list_file.parent / path).exists():
+            path = list_file.parent / path
+        entries.append(str(path))
+    return entries
+
+
+def _scan_folder(folder: Path, exclude: Sequence[Path]) -> list[Path]:
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in exclude)
+        if is_dicom_folder(here):
+            found.append(here)
+        found.extend(here / f for f in sorted(files)
+                     if not f.startswith(".") and path_suffix(f) in SUPPORTED_SUFFIXES)
+    return found
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()) -> list[
+        tuple[Path, str | None]]:
+    """Expand inputs into (path, problem) pairs: volumes to convert, or entries that cannot be (problem set).
+
+    Duplicates are dropped; ``exclude`` folders (e.g. the output folder) are not searched.
+    """
+    excluded = [Path(e).resolve() for e in exclude]
+    out: list[tuple[Path, str | None]] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, problem: str | None = None) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append((path, problem))
+
+    def visit(item: str | os.PathLike, depth: int = 0) -> None:
+        path = Path(item).expanduser()
+        if not path.exists():
+            add(path, "does not exist")
+        elif path.is_dir():
+            found = _scan_folder(path, excluded)
+            if not found:
+                add(path, "folder holds no NIfTI / .mha / .nrrd files and no DICOM series")
+            for f in found:
+                add(f)
+        elif path.suffix.lower() == ".txt" and depth < 3:
+            try:
+                entries = _list_file_entries(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                add(path, f"cannot read list file ({exc})")
+                return
+            if not entries:
+                add(path, "list file names no inputs")
+            for entry in entries:
+                visit(entry, depth + 1)
+        else:
+            add(path)
+
+    for item in inputs:
+        visit(item)
+    return out
+
+
+def output_names(paths: Sequence[Path], direction: str) -> list[str]:
+    """``<stem>_<direction>`` per input; clashing stems get their parent folder names prepended (up to three,
+    e.g. ``volumes_ct_subj000`` and ``dicom_ct_subj000``), then a counter."""
+    stems = [path_stem(p) for p in paths]
+    depth = [0] * len(paths)
+
+    def name(i: int) -> str:
+        parts = paths[i].parent.parts[-depth[i]:] if depth[i] else ()
+        parents = [part for part in parts if part not in ("/", "")]
+        return "_".join([*parents, stems[i]])
+
+    for _ in range(4):
+        names = [name(i) for i in range(len(paths))]
+        clashing = {n for n in names if names.count(n) > 1}
+        if not clashing:
+            break
+        for i, n in enumerate(names):
+            if n in clashing and depth[i] < 3:
+                depth[i] += 1
+    names = [name(i) for i in range(len(paths))]
+    unique, used = [], set()
+    for n in names:
+        base, k = n, 2
+        while n in used:
+            n, k = f"{base}_{k}", k + 1
+        used.add(n)
+        unique.append(f"{n}_{direction}")
+    return unique
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+
+
+def _write_json_atomic(data: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _previous_records(summary: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(summary.read_text())
+        return {r["output"]: r for r in data.get("files", []) if r.get("output")}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return {}
+
+
+def format_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """A plain-text summary table: status, shape, seconds, Dice min/mean, file and error."""
+    header = f"{'status':<8} {'shape':<16} {'sec':>7} {'dice min':>8} {'mean':>6}  file"
+    lines = [header, "-" * len(header)]
+    for r in records:
+        qa = r.get("qa") or {}
+        shape = "x".join(str(s) for s in r["shape"]) if r.get("shape") else "-"
+        sec = f"{r['seconds']:.1f}" if r.get("seconds") is not None else "-"
+        dmin = f"{qa['dice_min']:.3f}" if qa.get("dice_min") is not None else "-"
+        dmean = f"{qa['dice_mean']:.3f}" if qa.get("dice_mean") is not None else "-"
+        line = f"{r['status']:<8} {shape:<16} {sec:>7} {dmin:>8} {dmean:>6}  {r['file']}"
+        if r.get("error"):
+            line += f"\n{'':<8} error: {r['error']}"
+        lines.append(line)
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "flagged", "skipped", "failed")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
+def _progress(total: int, enabled: bool, **kwargs: Any) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+# -------------------------------------------------------------------------------------------------- batch
+
+
+def _default_loader(checkpoint: str | os.PathLike, direction: str, device: str) -> tuple[Any, dict]:
+    from ctmri_monai.checkpoint import load_generator
+
+    return load_generator(checkpoint, direction, device)
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def run_batch(
+    inputs: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    direction: str,
+    checkpoint: str | os.PathLike | None = None,
+    generator: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = "auto",
+    amp: bool = True,
+    overwrite: bool = False,
+    dicom: bool = False,
+    series_uid: str | None = None,
+    progress: bool = True,
+    qa_threshold: float = 0.90,
+    model_info: Mapping[str, Any] | None = None,
+    load_model: Callable[[str | os.PathLike, str, str], tuple[Any, dict]] | None = None,
+    stream: Any = None,
+    inferer: Any = None,
+) -> int:
+    """Convert every input with the generator of ``direction`` ("ct2mri" | "mri2ct"); returns the exit status
+    (1 when any input failed, else 0).
+
+    The generator comes from ``checkpoint`` through ``load_model(path, direction, device) -> (module, info)``
+    (default ``ctmri_monai.checkpoint.load_generator``; info's "model_spec" sets image size, pixdim, CT
+    window and MRI percentiles) or is given directly as ``generator`` with an optional ``model_info``
+    ({"file", "sha256", "model_spec"}). Writes ``output_dir/summary.json`` and prints a table to ``stream``.
+    ``inferer``: the slice inferer to use (e.g. a bundle's ``inferer``), else the default ``SliceInferer``.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
+    if (checkpoint is None) == (generator is None):
+        raise ValueError("give exactly one of checkpoint and generator")
+    source, target = DIRECTIONS[direction]
+    stream = stream or sys.stdout
+    dev = _resolve_device(device)
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        generator, info = (load_model or _default_loader)(checkpoint, direction, str(dev))
+        model_info = info
+    info = dict(model_info or {})
+    given = info.get("model_spec") or {}
+    spec = {**SPEC_DEFAULTS, **{k: v for k, v in given.items() if k in SPEC_DEFAULTS}}
+
+    items = collect_inputs(inputs, exclude=[out_dir])
+    names = output_names([p for p, _ in items], direction)
+    summary_path = out_dir / "summary.json"
+    previous = _previous_records(summary_path)
+    records: list[dict[str, Any]] = []
+    files_bar = _progress(len(items), progress, desc="volumes", unit="vol", position=0)
+    for (path, problem), name in zip(items, names, strict=True):
+        output = out_dir / f"{name}.nii.gz"
+        dicom_dir = out_dir / f"{name}_dicom" if dicom and path.is_dir() else None
+        record: dict[str, Any] = {"file": str(path), "output": str(output), "status": "failed", "shape": None,
+                                  "seconds": None, "qa": None, "error": None}
+        if problem is not None:
+            record["error"] = f"{path}: {problem}"
+        elif output.exists() and not overwrite and (dicom_dir is None or dicom_dir.exists()):
+            old = previous.get(str(output), {})
+            record.update(status="skipped", shape=old.get("shape"), qa=old.get("qa"),
+                          error=None, note="output exists (use overwrite to redo)")
+        else:
+            slices_bar = _progress(0, progress, desc=path.name[:30], unit="slice", position=1, leave=False)
+            t0 = time.perf_counter()
+            try:
+                result = convert_volume(
+                    path, output, generator, source, target, image_size=int(spec["image_size"]),
+                    pixdim=tuple(spec["pixdim"]), ct_window=tuple(spec["ct_window"]),
+                    mri_percentiles=tuple(spec["mri_percentiles"]), batch_size=batch_size, device=dev,
+                    amp=amp, model_info=info, series_uid=series_uid, dicom_output_dir=dicom_dir,
+                    qa_threshold=qa_threshold, qa_dir=out_dir / "qa", progress=slices_bar, inferer=inferer)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+                record["seconds"] = round(time.perf_counter() - t0, 3)
+                record["error"] = str(exc) if isinstance(exc, ConversionError) else (
+                    f"{path}: {type(exc).__name__}: {exc}")
+                if not isinstance(exc, ConversionError):
+                    record["traceback"] = traceback.format_exc(limit=6)
+            else:
+                record.update(status="flagged" if result["qa"]["flagged"] else "ok", shape=result["shape"],
+                              seconds=result["seconds"], qa=result["qa"], warnings=result["warnings"],
+                              dicom_output=result["dicom_output"],
+                              dicom_series_uid=result["dicom_series_uid"])
+            finally:
+                if slices_bar is not None:
+                    slices_bar.close()
+        if record["status"] == "failed":
+            msg = f"FAILED {record['error']}"
+            (files_bar.write(msg) if files_bar is not None else print(msg, file=sys.stderr))
+        records.append(record)
+        if files_bar is not None:
+            files_bar.update(1)
+    if files_bar is not None:
+        files_bar.close()
+
+    summary = {
+        "direction": direction,
+        "model": {"file": info.get("file"), "sha256": info.get("sha256")},
+        "device": str(dev),
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "counts": {s: sum(r["status"] == s for r in records) for s in ("ok", "flagged", "skipped", "failed")},
+        "files": records,
+    }
+    _write_json_atomic(summary, summary_path)
+    print(format_table(records), file=stream)
+    print(f"summary: {summary_path}", file=stream)
+    return 1 if summary["counts"]["failed"] else 0
+
+
+class BatchConverter:
+    """`run_batch` as an object for MONAI bundle configs (e.g. the inference ``evaluator``): the arguments are
+    stored at construction and ``run()`` converts and returns the exit status. ``inputs`` may be one path."""
+
+    def __init__(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                 direction: str, checkpoint: str | os.PathLike | None = None,
+                 network: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs: Any) -> None:
+        self.inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        self.output_dir, self.direction = output_dir, direction
+        self.checkpoint, self.network, self.kwargs = checkpoint, network, kwargs
+        self.status: int | None = None
+
+    def run(self) -> int:
+        generator = None if self.checkpoint is not None else self.network
+        self.status = run_batch(self.inputs, self.output_dir, self.direction, checkpoint=self.checkpoint,
+                                generator=generator, **self.kwargs)
+        return self.status
+
+    __call__ = run
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``ctmri convert``."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="NIfTI/.mha/.nrrd files, DICOM series folders, folders of those, or .txt lists")
+    parser.add_argument("--direction", required=True, choices=sorted(DIRECTIONS))
+    parser.add_argument("--checkpoint", required=True, help="checkpoint .pt written by training")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per generator call")
+    parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (default)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="mixed precision on CUDA (bf16 where supported)")
+    parser.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write a synthetic DICOM series for DICOM inputs")
+    parser.add_argument("--series-uid", default=None, help="SeriesInstanceUID to use in multi-series folders")
+    parser.add_argument("--qa-threshold", type=float, default=0.90,
+                        help="flag slices with head-mask Dice below")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return parser
+
+
+def main_convert(args: argparse.Namespace) -> int:
+    """Run ``ctmri convert`` from parsed arguments; returns the exit status (2: model not loadable)."""
+    try:
+        return run_batch(
+            args.inputs, args.output_dir, args.direction, checkpoint=args.checkpoint,
+            batch_size=args.batch_size, device=args.device, amp=args.amp, overwrite=args.overwrite,
+            dicom=args.dicom,
+            series_uid=args.series_uid, progress=getattr(args, "progress", True),
+            qa_threshold=getattr(args, "qa_threshold", 0.90))
+    except (ValueError, OSError) as exc:  # checkpoint / argument problems, raised before any input is read
+        print(f"ctmri convert: error: {exc}", file=sys.stderr)
+        return 2
