@@ -73,13 +73,15 @@ class ResultsWriter:
     """On evaluation end, write ``results.json`` and ``results.md`` with the paper's table fields and more.
 
     Fields: backbone, FID and KID both ways, generator parameters (M, one generator), test images per domain,
-    seconds, plus every other metric the evaluator computed (e.g. paired MAE/PSNR/SSIM) and ``extra`` items.
+    seconds, plus every other metric the evaluator computed, ``paired_metrics`` (MAE/PSNR/SSIM on held-out
+    volume pairs, see ``ctmri_monai.paired_eval``) and ``extra`` items.
     """
 
-    def __init__(self, output_dir: str, backbone: str, generator: nn.Module, extra: Mapping[str, Any] | None = None):
+    def __init__(self, output_dir: str, backbone: str, generator: nn.Module, extra: Mapping[str, Any] | None = None,
+                 paired_metrics: Mapping[str, Any] | None = None):
         self.output_dir = Path(output_dir)
         self.backbone, self.generator = backbone, generator
-        self.extra = dict(extra or {})
+        self.extra = dict(paired_metrics or {}) | dict(extra or {})
         self.start = 0.0
         self.n_ct = self.n_mri = 0
         self.row: dict[str, Any] = {}

@@ -82,6 +82,10 @@ def test_evaluate_writes_table_with_every_field(trained: Path, tiny_phantoms: Pa
                   "n_test_mri", "seconds"):
         assert row.get(field) not in (None, ""), field
     assert row["fid_ct2mri"] >= 0 and row["n_test_ct"] > 0 and row["params_m"] > 0
+    # the phantoms are paired volumes: held-out pairs are scored too
+    assert row["n_pairs"] == 1
+    for field in ("mae_mri2ct_hu", "psnr_mri2ct", "ssim_mri2ct", "mae_ct2mri", "psnr_ct2mri", "ssim_ct2mri"):
+        assert isinstance(row[field], float), field
     table = (trained / "evaluation" / "results.md").read_text()
     assert "fid_ct2mri" in table and "nan" not in table.lower()
     translated = list((trained / "evaluation" / "translated" / "ct2mri").glob("*.png"))
