@@ -43,7 +43,8 @@ def bundle_cmd(configs: list[str], **overrides: object) -> list[str]:
 def run_bundle_cli(configs: list[str], timeout: float = 300, **overrides: object) -> subprocess.CompletedProcess:
     """Run the bundle in a child process with one thread (tiny ops are slower with more on 2 cores)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run(bundle_cmd(configs, **overrides), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(bundle_cmd(configs, **overrides), capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=timeout,
                           env=env, cwd=REPO)
 
 

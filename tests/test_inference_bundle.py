@@ -26,6 +26,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _bundle_tool(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True,
+                          encoding="utf-8", errors="replace",
                           timeout=300, env=env, cwd=REPO)
 
 
