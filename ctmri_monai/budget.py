@@ -1,11 +1,13 @@
 """Time-budgeted training: fit the whole constant + decay schedule into a wall-clock budget.
 
-The handler measures iterations per second over the first ``measure_seconds`` (one minute by default, less for
-short budgets), then sets the epoch count so the run ends inside the budget (corrected at every epoch end with
-the speed measured so far), and re-spreads the learning-rate
-schedule over the new length with the paper's 1:1 ratio of constant and decaying epochs, so the learning rate
-reaches zero at the last iteration. A hard stop ends the run (saving the final checkpoint on ``COMPLETED``) if
-the estimate was too optimistic; ``ValidateOnCompleted`` makes sure a best checkpoint exists by then.
+The handler measures iterations per second over a window (the first ``measure_seconds``, at most 10% of the
+budget), then plans the total number of iterations so the run ends inside the budget, and spreads the
+learning-rate schedule over them with the paper's 1:1 ratio of constant and decaying learning rate, so the
+learning rate reaches zero at the last iteration. It re-plans every window with the speed of the most recent
+window (other load on the machine varies); a re-plan during the decay continues the decay from the current
+learning rate (no jump back up), so the 1:1 split becomes approximate. Plans are in iterations, not epochs,
+so a budget shorter than one epoch still ends with the learning rate at zero. Time spent in validation is
+reserved for the final validation (``ValidateOnCompleted``), which makes sure a best checkpoint exists.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,36 +25,42 @@ logger = logging.getLogger(__name__)
 
 
 class TimeBudgetHandler:
-    """Set ``max_epochs`` and the LR schedules of a trainer from a wall-clock budget.
+    """Plan the iterations of a trainer, and its LR schedules, from a wall-clock budget.
 
     Args:
         budget_minutes: the whole run's wall-clock budget; None or <= 0 disables the handler.
-        schedulers: ``LambdaLR`` schedulers whose rule is a ``LinearDecayRule`` (re-spread after measuring).
-        measure_seconds: how long to measure speed (capped at 10% of the budget).
-        safety: fraction of the remaining time planned for training iterations (the rest covers validation,
-            sample grids and checkpoints).
-        reserve_seconds: the hard stop comes this long before the budget ends.
-        constant_fraction: share of epochs at constant learning rate (0.5 = the paper's 100 + 100).
+        schedulers: ``LambdaLR`` schedulers whose rule is a ``LinearDecayRule``, stepped once per iteration.
+        validator: the validation engine, whose run time is measured and reserved for the final validation.
+        measure_seconds: speed-measurement window (capped at 10% of the budget).
+        safety: fraction of the remaining time planned for training iterations.
+        reserve_seconds: the hard stop comes at least this long before the budget ends.
+        constant_fraction: share of iterations at constant learning rate (0.5 = the paper's 100 + 100 epochs).
     """
 
-    def __init__(self, budget_minutes: float | None, schedulers: Sequence[Any] = (), measure_seconds: float = 60.0,
-                 safety: float = 0.85, reserve_seconds: float = 5.0, constant_fraction: float = 0.5) -> None:
+    def __init__(self, budget_minutes: float | None, schedulers: Sequence[Any] = (), validator: Engine | None = None,
+                 measure_seconds: float = 60.0, safety: float = 0.9, reserve_seconds: float = 5.0,
+                 constant_fraction: float = 0.5) -> None:
         self.budget = None if not budget_minutes or budget_minutes <= 0 else float(budget_minutes) * 60.0
         self.schedulers = list(schedulers)
-        self.measure_seconds = measure_seconds
+        self.validator = validator
+        self.window = 0.0 if self.budget is None else min(measure_seconds, 0.1 * self.budget)
         self.safety, self.reserve_seconds, self.constant_fraction = safety, reserve_seconds, constant_fraction
         self.start: float | None = None
-        self.first_iteration: int | None = None
-        self.measure_start: float | None = None
-        self.planned_epochs: int | None = None
+        self.samples: deque[tuple[float, int]] = deque()
+        self.last_plan: float | None = None
+        self.planned_iterations: int | None = None
         self.iterations_per_second: float | None = None
+        self.validation_seconds = 0.0
+        self._validation_started: float | None = None
 
     def attach(self, engine: Engine) -> None:
         if self.budget is None:
             return
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._replan)
+        if self.validator is not None:
+            self.validator.add_event_handler(Events.STARTED, self._validation_start)
+            self.validator.add_event_handler(Events.COMPLETED, self._validation_end)
 
     def elapsed(self) -> float:
         return 0.0 if self.start is None else time.perf_counter() - self.start
@@ -59,39 +68,61 @@ class TimeBudgetHandler:
     def _started(self, engine: Engine) -> None:
         self.start = time.perf_counter()
 
+    def _validation_start(self, _: Engine) -> None:
+        self._validation_started = time.perf_counter()
+
+    def _validation_end(self, _: Engine) -> None:
+        if self._validation_started is not None:
+            self.validation_seconds = time.perf_counter() - self._validation_started
+            # the pause is not training speed: shift the speed samples past it
+            self.samples = deque((t + self.validation_seconds, it) for t, it in self.samples)
+            self._validation_started = None
+
     def _iteration_completed(self, engine: Engine) -> None:
         assert self.budget is not None
         now = time.perf_counter()
-        if self.first_iteration is None:  # the first iteration (warm-up, lazy inits) is not measured
-            self.first_iteration, self.measure_start = engine.state.iteration, now
-            return
-        if self.planned_epochs is None and now - self.measure_start >= min(self.measure_seconds, 0.1 * self.budget):
-            self._plan(engine, (engine.state.iteration - self.first_iteration) / (now - self.measure_start))
-        if self.elapsed() >= self.budget - self.reserve_seconds:
+        self.samples.append((now, engine.state.iteration))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window:
+            self.samples.popleft()
+        span = now - self.samples[0][0]
+        due = self.last_plan is None or now - self.last_plan >= self.window
+        if due and span >= self.window and span > 0:  # the first sample (warm-up) starts the window
+            self._plan(engine, (engine.state.iteration - self.samples[0][1]) / span)
+            self.last_plan = now
+        reserve = self.reserve_seconds + self.validation_seconds
+        if self.planned_iterations is not None and engine.state.iteration >= self.planned_iterations:
+            logger.info("time budget: planned %d iterations done", self.planned_iterations)
+            engine.terminate()
+        elif self.elapsed() >= self.budget - reserve:
             logger.warning("time budget reached at epoch %d, iteration %d: stopping", engine.state.epoch,
                            engine.state.iteration)
             engine.terminate()
 
-    def _replan(self, engine: Engine) -> None:
-        """Correct the plan at each epoch end with the speed measured so far (other load on the machine varies)."""
-        if self.planned_epochs is None or self.measure_start is None:
-            return
-        seconds = time.perf_counter() - self.measure_start
-        if seconds > 0 and engine.state.epoch < engine.state.max_epochs:
-            self._plan(engine, (engine.state.iteration - self.first_iteration) / seconds)
-
     def _plan(self, engine: Engine, iterations_per_second: float) -> None:
-        epoch_length = engine.state.epoch_length
-        remaining = max(0.0, self.budget - self.elapsed() - self.reserve_seconds)
-        affordable = engine.state.iteration + iterations_per_second * remaining * self.safety
-        epochs = max(engine.state.epoch, 1, math.floor(affordable / epoch_length))  # always finish this epoch
-        self.iterations_per_second, self.planned_epochs = iterations_per_second, epochs
-        engine.state.max_epochs = epochs
-        constant = round(epochs * self.constant_fraction) * epoch_length
+        done = engine.state.iteration
+        remaining = max(0.0, self.budget - self.elapsed() - self.reserve_seconds - self.validation_seconds)
+        total = max(done + 1, done + math.floor(iterations_per_second * remaining * self.safety))
+        self.iterations_per_second, self.planned_iterations = iterations_per_second, total
+        engine.state.max_epochs = max(engine.state.epoch, math.ceil(total / engine.state.epoch_length))
         for scheduler in self.schedulers:
-            scheduler.lr_lambdas[0].set_total(constant, epochs * epoch_length - constant)
-        logger.info("time budget %.1f min: %.2f it/s measured, planning %d epochs (%d constant LR)",
-                    self.budget / 60, iterations_per_second, epochs, constant // epoch_length)
+            self._respread(scheduler, total)
+        logger.info("time budget %.1f min: %.2f it/s, planning %d iterations (%.2f epochs)", self.budget / 60,
+                    iterations_per_second, total, total / engine.state.epoch_length)
+
+    def _respread(self, scheduler: Any, total: int) -> None:
+        """Fit the rule to end at zero at iteration ``total - 1``, continuous at the next step."""
+        rule, step = scheduler.lr_lambdas[0], scheduler.last_epoch  # ``step`` is the next iteration's index
+        factor = rule(step)
+        if step < rule.constant_iters:  # still constant: the 1:1 split, but never decay in the past
+            constant = max(round(total * self.constant_fraction), step)
+        elif factor <= 0:
+            return
+        else:  # continue the decay from the current factor down to zero at the new end
+            constant = round((step + 1 - (1.0 - factor) * total) / factor)
+        rule.set_total(constant, total - constant)
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * rule(step)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 class ValidateOnCompleted:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import locale
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -241,6 +243,7 @@ def test_dicom_series_folder(tmp_path):
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     uid = "1.2.826.0.1.3680043.2.1125.7"
+    saved_locale = locale.setlocale(locale.LC_ALL)
     for k in range(vol.shape[0]):
         s = img[:, :, k]
         pos = "\\".join(str(c) for c in img.TransformIndexToPhysicalPoint((0, 0, k)))
@@ -249,6 +252,9 @@ def test_dicom_series_folder(tmp_path):
             s.SetMetaData(tag, value)
         writer.SetFileName(str(series / f"{k:03d}.dcm"))
         writer.Execute(s)
+    # GDCM's writer leaves the process in the "C" locale, and later `open()` calls (torch.compile's templates)
+    # would then decode as ASCII: restore it.
+    locale.setlocale(locale.LC_ALL, saved_locale)
     ds = VolumeSliceDataset(list_volumes(series.parent), "ct", image_size=S)
     assert len(ds) == 4
     assert ds[0].shape == (1, S, S) and float(ds[0].max()) == pytest.approx(0.04, abs=1e-4)
