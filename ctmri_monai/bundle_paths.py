@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,3 +33,14 @@ def run_bundle(config: str | Sequence[str], **overrides: Any) -> None:
     root = bundle_root()
     run(config_file=files if len(files) > 1 else files[0], meta_file=str(root / "configs" / "metadata.json"),
         logging_file=str(root / "configs" / "logging.conf"), **overrides)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """A command line's ``key=value`` -> (key, Python literal, or the text itself when it is not one)."""
+    key, sep, value = text.partition("=")
+    if not key or not sep:
+        raise ValueError(f"override {text!r} is not of the form key=value")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value

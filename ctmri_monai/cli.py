@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ctmri_monai.convert.batch import add_convert_arguments, main_convert
+from ctmri_monai.reproduce import add_reproduce_arguments, main_reproduce
 
 
 def _make_phantoms(args: argparse.Namespace) -> int:
@@ -17,23 +18,13 @@ def _make_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_override(text: str) -> tuple[str, object]:
-    import ast
-
-    key, _, value = text.partition("=")
-    if not key or not _:
-        raise SystemExit(f"override {text!r} is not of the form key=value")
-    try:
-        parsed: object = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        parsed = value
-    return key, parsed
-
-
 def _train(args: argparse.Namespace) -> int:
-    from ctmri_monai.bundle_paths import run_bundle
+    from ctmri_monai.bundle_paths import parse_override, run_bundle
 
-    overrides = dict(_parse_override(o) for o in args.set)
+    try:
+        overrides = dict(parse_override(o) for o in args.set)
+    except ValueError as exc:
+        raise SystemExit(f"ctmri train: error: {exc}") from exc
     overrides.update(dataset_dir=args.dataset_dir, output_dir=args.output_dir)
     run_bundle("train", **overrides)
     return 0
@@ -67,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="bundle override, e.g. --set ngf=16 --set image_size=128 (repeatable)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("reproduce", help="train ResNet-9 and U-Net with one time budget each; the paper's FID table")
+    add_reproduce_arguments(p)
+    p.set_defaults(func=main_reproduce)
 
     p = sub.add_parser("convert", help="convert NIfTI / DICOM volumes slice-wise with a trained generator")
     add_convert_arguments(p)
