@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ctmri_monai.amp import autocast, autocast_dtype, grad_scaler
+from ctmri_monai.distributed import unwrap
 from ctmri_monai.losses import AdversarialLoss
 from ctmri_monai.pool import ImagePool
 
@@ -68,6 +69,8 @@ class CycleGANTrainer(Trainer):
         pool_ct, pool_mri: image-history pools of generated images (size 50 by default).
         amp: mixed precision on CUDA (bf16, or fp16 with a grad scaler); ignored on CPU.
         channels_last: NHWC memory layout for faster convolutions on GPUs.
+        The four networks may be ``DistributedDataParallel`` wrappers (multi-GPU overlay): every generator and
+        discriminator forward that needs gradients then feeds one backward, as DDP requires.
         train_handlers: MONAI/Ignite handlers to attach.
         inferer: how generators are called on a batch (MONAI ``SimpleInferer`` by default).
     """
@@ -131,8 +134,9 @@ class CycleGANTrainer(Trainer):
 
         fake_mri, fake_ct = g_y(real_ct), g_x(real_mri)
         rec_ct, rec_mri = g_x(fake_mri), g_y(fake_ct)
-        adv = self.adversarial(self.discriminator_mri(fake_mri), True) + self.adversarial(
-            self.discriminator_ct(fake_ct), True)
+        # The discriminators are frozen here: call them outside DDP, whose reducer would wait for their gradients.
+        adv = self.adversarial(unwrap(self.discriminator_mri)(fake_mri), True) + self.adversarial(
+            unwrap(self.discriminator_ct)(fake_ct), True)
         cycle = (self.l1(rec_ct.float(), real_ct.float()) + self.l1(rec_mri.float(), real_mri.float()))
         cycle = cycle * self.lambda_cycle
         if self.lambda_identity > 0:
@@ -172,8 +176,9 @@ class CycleGANTrainer(Trainer):
             self.scaler.update()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
-        losses = {k: g[k] for k in LOSS_KEYS[:4]} | {"loss_D_ct": loss_d_ct, "loss_D_mri": loss_d_mri}
-        engine.state.output = {k: float(v.detach()) for k, v in losses.items()}
+        losses = [g[k] for k in LOSS_KEYS[:4]] + [loss_d_ct, loss_d_mri]
+        values = torch.stack([v.detach().float() for v in losses]).tolist()  # one device-to-host copy
+        engine.state.output = dict(zip(LOSS_KEYS, values, strict=True))
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 

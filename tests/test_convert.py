@@ -544,6 +544,23 @@ def test_batch_goes_on_after_a_bad_file_and_skips_finished_outputs(tmp_path: Pat
     assert final["counts"]["flagged"] == 3 and (out / "qa" / "a_ct2mri_qa.png").exists()
 
 
+def test_ranks_convert_disjoint_shares_of_one_batch(tmp_path: Path) -> None:
+    """Under torchrun each rank converts its share; together they cover the batch once, with one summary each."""
+    data = _batch_inputs(tmp_path)
+    (data / "broken.nii.gz").unlink()
+    out = tmp_path / "out"
+    info = {"model_spec": {"image_size": S}}
+    for rank in (0, 1):
+        assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+                         model_info=info, rank=rank, world_size=2) == 0
+    summaries = [json.loads((out / f"summary_rank{r}.json").read_text()) for r in (0, 1)]
+    done = [[Path(rec["file"]).name for rec in s["files"]] for s in summaries]
+    assert sorted(done[0] + done[1]) == ["a.nii.gz", "b.nii", "series1"] and all(done)
+    assert [s["rank"] for s in summaries] == [0, 1] and not (out / "summary.json").exists()
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a_ct2mri.nii.gz", "b_ct2mri.nii.gz",
+                                                            "series1_ct2mri.nii.gz"]
+
+
 def test_batch_list_file_missing_entries_and_checkpoint_loader(tmp_path: Path) -> None:
     data = _batch_inputs(tmp_path)
     (data / "broken.nii.gz").unlink()

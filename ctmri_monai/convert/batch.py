@@ -32,6 +32,7 @@ from ctmri_monai.convert.io import (
     path_suffix,
 )
 from ctmri_monai.convert.pipeline import convert_volume
+from ctmri_monai.distributed import distributed_env, local_device, shard_inputs
 
 SPEC_DEFAULTS: dict[str, Any] = {"image_size": 256, "pixdim": (1.0, 1.0), "ct_window": (-1000.0, 1000.0),
                                  "mri_percentiles": (0.5, 99.5)}
@@ -197,8 +198,12 @@ def _default_loader(checkpoint: str | os.PathLike, direction: str, device: str) 
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; a bare "cuda" means this process's GPU (``LOCAL_RANK`` under
+    torchrun, else GPU 0)."""
+    if device in (None, "", "auto", "cuda") and torch.cuda.is_available():
+        return local_device()
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     return torch.device(device)
 
 
@@ -223,6 +228,8 @@ def run_batch(
     inferer: Any = None,
     max_voxels: int | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> int:
     """Convert every input with the generator of ``direction`` ("ct2mri" | "mri2ct"); returns the exit status
     (1 when any input failed, else 0).
@@ -235,6 +242,8 @@ def run_batch(
     ``max_voxels``: inputs with more voxels fail (checked from their headers, before reading pixel data).
     A generator that is not 1-channel in and out (model_spec) is refused before any input is read.
     ``on_record``: called with each file's summary record as soon as the file is done (progress, monitoring).
+    ``rank`` / ``world_size`` (default: torchrun's ``RANK`` / ``WORLD_SIZE``, else 0 / 1): with several processes
+    each converts its own share of the inputs (`shard_inputs`) and writes ``summary_rank<r>.json``.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
@@ -261,8 +270,14 @@ def run_batch(
                                        f"{exc.strerror or exc}: {exc.filename})") from exc
 
     items = collect_inputs(inputs, exclude=[out_dir])
-    names = output_names([p for p, _ in items], direction)
+    names = output_names([p for p, _ in items], direction)  # from the full list: the same names on every rank
+    env_rank, env_world, _ = distributed_env()
+    rank = env_rank if rank is None else int(rank)
+    world_size = env_world if world_size is None else int(world_size)
     summary_path = out_dir / "summary.json"
+    if world_size > 1:
+        items, names = shard_inputs(items, rank, world_size), shard_inputs(names, rank, world_size)
+        summary_path = out_dir / f"summary_rank{rank}.json"
     previous = _previous_records(summary_path)
     records: list[dict[str, Any]] = []
     files_bar = _progress(len(items), progress, desc="volumes", unit="vol", position=0)
@@ -319,6 +334,8 @@ def run_batch(
         "direction": direction,
         "model": {"file": info.get("file"), "sha256": info.get("sha256")},
         "device": str(dev),
+        "rank": rank,
+        "world_size": world_size,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
         "counts": {s: sum(r["status"] == s for r in records) for s in ("ok", "flagged", "skipped", "failed")},
         "files": records,

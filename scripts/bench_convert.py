@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Conversion speed: slices per second end to end against the generator's pure forward and an fp32 batch-1 loop.
+
+    python scripts/bench_convert.py             # ResNet-9 generator, 256 x 256 slices of a phantom CT volume
+    python scripts/bench_convert.py --quick     # tiny generator, 32 x 32 x 8 volume: seconds on a CPU (CI)
+
+Three figures on the same slices, in one run:
+  end_to_end   ctmri_monai.convert.pipeline.convert_volume: read NIfTI, orient, resample, window, crop/pad, generator
+               over batches of slices (AMP on CUDA), QA, invert, write NIfTI;
+  forward      the generator alone on the preprocessed slices already on the device, same batch size and AMP;
+  baseline     the generator alone, one slice at a time in fp32 (the reference implementation's way).
+The generator has random weights unless --checkpoint is given (speed does not depend on the weights).
+FLOPs per slice: torch.utils.flop_counter of one forward. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import nn
+
+from ctmri_monai.amp import autocast, autocast_dtype
+from ctmri_monai.benchmarking import (
+    FlopCount,
+    format_table,
+    machine_info,
+    peak_memory,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+    write_json,
+)
+
+FULL = {"image_size": 256, "ngf": 64, "n_blocks": 9, "num_downs": 8}
+QUICK = {"image_size": 32, "ngf": 4, "n_blocks": 1, "num_downs": 5}
+
+
+def write_phantom_ct(folder: Path, size: int, slices: int) -> Path:
+    """A phantom head CT (int16 HU) of size x size x slices at 1 mm in-plane, so the grid needs no resampling."""
+    from ctmri_monai.phantoms import make_subject
+
+    subject = make_subject(0, seed=0, shape=(size, size, slices), spacing=(1.0, 1.0, 4.0))
+    path = folder / "phantom_ct.nii.gz"
+    nib.save(nib.Nifti1Image(subject.ct.astype(np.int16), subject.affine), path)
+    return path
+
+
+def build_generator(args: argparse.Namespace, spec: dict[str, Any], device: torch.device) -> tuple[nn.Module, str]:
+    if args.checkpoint:
+        from ctmri_monai.checkpoint import load_generator
+
+        net, info = load_generator(args.checkpoint, "ct2mri", device)
+        return net, f"{args.checkpoint} ({info['model_spec']['backbone']})"
+    from ctmri_monai.networks import define_generator
+
+    torch.manual_seed(0)
+    net = define_generator(args.backbone, ngf=spec["ngf"], n_blocks=spec["n_blocks"], num_downs=spec["num_downs"])
+    name = {"resnet": "ResNet-9", "unet": "U-Net-256"}[args.backbone] if not args.quick else f"tiny {args.backbone}"
+    return net.to(device).eval(), f"{name}, random weights"
+
+
+def preprocessed_slices(path: Path, image_size: int, device: torch.device) -> torch.Tensor:
+    """The conversion's own preprocessing of ``path``, as (D, 1, S, S) slices on ``device``."""
+    from ctmri_monai.convert.io import load_volume
+    from ctmri_monai.convert.pipeline import build_preprocess
+
+    forward, _ = build_preprocess("ct", image_size)
+    x = forward({"image": load_volume(path).image})["image"]
+    return x.as_tensor()[0].permute(2, 0, 1).unsqueeze(1).contiguous().to(device)
+
+
+@torch.no_grad()
+def time_forward(net: nn.Module, slices: torch.Tensor, batch_size: int, amp_dtype: torch.dtype | None,
+                 repeats: int) -> float:
+    """Seconds for ``repeats`` passes of ``net`` over ``slices`` in batches (after one untimed batch)."""
+    device = slices.device
+    with autocast(device, amp_dtype):
+        net(slices[:batch_size])
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for i in range(0, len(slices), batch_size):
+                net(slices[i:i + batch_size])
+        synchronize(device)
+    return time.perf_counter() - t0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny generator and volume: seconds on a CPU")
+    p.add_argument("--backbone", default="resnet", choices=["resnet", "unet"])
+    p.add_argument("--checkpoint", default=None, help="use this checkpoint's CT->MRI generator")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
+    p.add_argument("--slices", type=int, default=None, help="slices of the test volume (default 32 CPU, 256 CUDA)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per generator call (default 16 CPU, 64 CUDA)")
+    p.add_argument("--repeats", type=int, default=None, help="timed passes over the volume (default 1 CPU, 5 CUDA)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--output", default="bench_convert.json", help="JSON output file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ctmri_monai.convert.pipeline import convert_volume
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    spec = dict(QUICK if args.quick else FULL)
+    depth = args.slices or (8 if args.quick else 256 if cuda else 32)
+    batch = args.batch_size or (64 if cuda else 16)
+    repeats = args.repeats or (5 if cuda else 1)
+    amp_dtype = autocast_dtype(device, args.amp)
+    machine = machine_info(device)
+    net, model = build_generator(args, spec, device)
+    size = spec["image_size"]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        volume = write_phantom_ct(Path(tmp), size, depth)
+        slices = preprocessed_slices(volume, size, device)
+        n = len(slices)
+        with torch.no_grad(), FlopCount() as flops:
+            net(slices[:1])
+        flops_per_slice = int(flops.total or 0)
+
+        def run_e2e(i: int) -> dict[str, Any]:
+            return convert_volume(volume, Path(tmp) / f"out{i}.nii.gz", net, "ct", "mri", image_size=size,
+                                  batch_size=batch, device=device, amp=args.amp)
+
+        run_e2e(-1)  # warm-up: first calls, allocator, cuDNN autotuning
+        reset_peak_memory(device)
+        t0 = time.perf_counter()
+        results = [run_e2e(i) for i in range(repeats)]
+        seconds = time.perf_counter() - t0
+        timings = {k: sum(r["timings"][k] for r in results) / repeats for k in results[0]["timings"]}
+        rows.append({"variant": "end_to_end", "batch_size": batch, "amp_dtype": amp_dtype, "seconds": seconds,
+                     "timings_per_volume_s": timings, "peak_memory_bytes": peak_memory(device)[0] if cuda else None})
+        for variant, b, dtype in (("forward", batch, amp_dtype), ("baseline_fp32_b1", 1, None)):
+            reset_peak_memory(device)
+            seconds = time_forward(net, slices, b, dtype, repeats)
+            rows.append({"variant": variant, "batch_size": b, "amp_dtype": dtype, "seconds": seconds,
+                         "peak_memory_bytes": peak_memory(device)[0] if cuda else None})
+    forward_rate = baseline_rate = None
+    for row in rows:
+        row["amp_dtype"] = None if row["amp_dtype"] is None else str(row["amp_dtype"]).replace("torch.", "")
+        row["slices"] = n * repeats
+        row["slices_per_s"] = n * repeats / row["seconds"]
+        row["achieved_tflops"] = flops_per_slice * row["slices_per_s"] / 1e12
+        forward_rate = row["slices_per_s"] if row["variant"] == "forward" else forward_rate
+        baseline_rate = row["slices_per_s"] if row["variant"] == "baseline_fp32_b1" else baseline_rate
+    for row in rows:
+        row["ratio_vs_forward"] = row["slices_per_s"] / forward_rate
+        row["ratio_vs_baseline"] = row["slices_per_s"] / baseline_rate
+    notes = ["end_to_end: convert_volume (read, preprocess, infer, QA, invert, write) of one phantom CT volume "
+             "after one untimed warm-up conversion",
+             "forward / baseline: the generator alone on the same preprocessed slices, already on the device",
+             "FLOPs: torch.utils.flop_counter (matmul/conv, 2 per multiply-add) of one slice's forward"]
+    if not cuda:
+        notes.append("CPU: AMP is off by design (autocast only on CUDA): forward and end_to_end run fp32")
+    if cuda:
+        notes.append("peak_memory_bytes: torch.cuda.max_memory_allocated per variant")
+    memory, kind = peak_memory(torch.device("cpu"))
+    report = {"benchmark": "convert", "quick": args.quick, "machine": machine,
+              "settings": {"model": model, "image_size": size, "volume_shape": [size, size, depth],
+                           "slices": n, "batch_size": batch, "repeats": repeats, "amp": args.amp},
+              "flops_per_slice": flops_per_slice, "process_peak_rss_bytes": memory, "results": rows, "notes": notes}
+    path = write_json(report, args.output)
+    print(f"{machine['cpu']} ({machine['cpu_count']} cores), {machine['accelerator'] or 'no GPU'}, torch "
+          f"{machine['torch']}, {machine['date']}, load {machine['load_average_1_5_15']}")
+    print(f"{model}; {n} slices of {size} x {size}; {flops_per_slice / 1e9:.4g} GFLOP per slice")
+    print(format_table(rows, [("variant", "variant"), ("batch_size", "batch"), ("amp_dtype", "amp"),
+                              ("slices_per_s", "slices/s"), ("ratio_vs_forward", "x forward"),
+                              ("ratio_vs_baseline", "x fp32 b1"), ("achieved_tflops", "TFLOP/s")]))
+    print("end to end, seconds per volume: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
