@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
-import json
 import multiprocessing
 import os
 import platform
@@ -155,8 +154,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str,
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON (creating the folder); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return path
+    """Write ``data`` as indented JSON, atomically (creating the folder); returns the path."""
+    from ctmri_monai.results import write_json_atomic
+
+    return write_json_atomic(data, path)

@@ -33,6 +33,7 @@ from ctmri_monai.convert.io import (
 )
 from ctmri_monai.convert.pipeline import convert_volume
 from ctmri_monai.distributed import distributed_env, local_device, shard_inputs
+from ctmri_monai.results import write_json_atomic
 
 SPEC_DEFAULTS: dict[str, Any] = {"image_size": 256, "pixdim": (1.0, 1.0), "ct_window": (-1000.0, 1000.0),
                                  "mri_percentiles": (0.5, 99.5)}
@@ -141,16 +142,6 @@ def output_names(paths: Sequence[Path], direction: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- reporting
-
-
-def _write_json_atomic(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _previous_records(summary: Path) -> dict[str, dict]:
@@ -340,7 +331,7 @@ def run_batch(
         "counts": {s: sum(r["status"] == s for r in records) for s in ("ok", "flagged", "skipped", "failed")},
         "files": records,
     }
-    _write_json_atomic(summary, summary_path)
+    write_json_atomic(summary, summary_path)
     print(format_table(records), file=stream)
     print(f"summary: {summary_path}", file=stream)
     return 1 if summary["counts"]["failed"] else 0
