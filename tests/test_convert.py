@@ -561,6 +561,33 @@ def test_ranks_convert_disjoint_shares_of_one_batch(tmp_path: Path) -> None:
                                                             "series1_ct2mri.nii.gz"]
 
 
+def test_read_ahead_loads_the_next_file_while_one_converts(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    import ctmri_monai.convert.batch as batch
+
+    data = _batch_inputs(tmp_path)
+    loads: list[tuple[str, str]] = []
+
+    def recording_load(path, **kwargs):
+        loads.append((Path(path).name, threading.current_thread().name))
+        return load_volume(path, **kwargs)
+
+    monkeypatch.setattr(batch, "load_volume", recording_load)
+    results = {}
+    for read_ahead in (True, False):
+        out = tmp_path / f"out_{read_ahead}"
+        assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+                         model_info={"model_spec": {"image_size": S}}, read_ahead=read_ahead) == 1
+        results[read_ahead] = {Path(r["file"]).name: (r["status"], r["shape"])
+                               for r in json.loads((out / "summary.json").read_text())["files"]}
+    assert results[True] == results[False] and results[True]["broken.nii.gz"][0] == "failed"
+    ahead, inline = loads[:4], loads[4:]
+    assert sorted(n for n, _ in ahead) == ["a.nii.gz", "b.nii", "broken.nii.gz", "series1"]
+    assert all(t.startswith("ctmri-read") for _, t in ahead)
+    assert all(t == threading.current_thread().name for _, t in inline)
+
+
 def test_batch_list_file_missing_entries_and_checkpoint_loader(tmp_path: Path) -> None:
     data = _batch_inputs(tmp_path)
     (data / "broken.nii.gz").unlink()

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ctmri_monai.convert.io import (
     SUPPORTED_SUFFIXES,
     ConversionError,
     is_dicom_folder,
+    load_volume,
     path_stem,
     path_suffix,
 )
@@ -198,6 +200,35 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+class _ReadAhead:
+    """Loads ``paths`` in order with `load_volume`, one file ahead in a background thread."""
+
+    def __init__(self, paths: Sequence[Path], series_uid: str | None, max_voxels: int | None,
+                 enabled: bool = True) -> None:
+        self.paths, self.position = list(paths), 0
+        self.kwargs = {"series_uid": series_uid, "max_voxels": max_voxels}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ctmri-read") if enabled else None
+        self.pending: Future | None = None
+        self._submit()
+
+    def _submit(self) -> None:
+        if self.pool is not None and self.position < len(self.paths):
+            self.pending = self.pool.submit(load_volume, self.paths[self.position], **self.kwargs)
+
+    def next(self, path: Path) -> Any:
+        """The volume of ``path`` (the next in order); raises what `load_volume` raised for it."""
+        if self.position >= len(self.paths) or self.paths[self.position] != path:
+            raise RuntimeError(f"read-ahead out of order at {path}")
+        future, self.pending = self.pending, None
+        self.position += 1
+        self._submit()  # start reading the following file before this one is converted
+        return future.result() if future is not None else load_volume(path, **self.kwargs)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_batch(
     inputs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -221,6 +252,7 @@ def run_batch(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    read_ahead: bool = True,
 ) -> int:
     """Convert every input with the generator of ``direction`` ("ct2mri" | "mri2ct"); returns the exit status
     (1 when any input failed, else 0).
@@ -235,6 +267,8 @@ def run_batch(
     ``on_record``: called with each file's summary record as soon as the file is done (progress, monitoring).
     ``rank`` / ``world_size`` (default: torchrun's ``RANK`` / ``WORLD_SIZE``, else 0 / 1): with several processes
     each converts its own share of the inputs (`shard_inputs`) and writes ``summary_rank<r>.json``.
+    ``read_ahead``: read the next input in a background thread while the current one is converted (at most
+    two volumes in memory); its read errors are reported for that file as usual.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
@@ -271,15 +305,19 @@ def run_batch(
         summary_path = out_dir / f"summary_rank{rank}.json"
     previous = _previous_records(summary_path)
     records: list[dict[str, Any]] = []
+    outputs = [(out_dir / f"{name}.nii.gz", out_dir / f"{name}_dicom" if dicom and path.is_dir() else None)
+               for (path, _), name in zip(items, names, strict=True)]
+    todo = {i for i, ((_, problem), (output, dicom_dir)) in enumerate(zip(items, outputs, strict=True))
+            if problem is None and (overwrite or not output.exists() or (dicom_dir is not None
+                                                                         and not dicom_dir.exists()))}
+    reader = _ReadAhead([items[i][0] for i in sorted(todo)], series_uid, max_voxels, enabled=read_ahead)
     files_bar = _progress(len(items), progress, desc="volumes", unit="vol", position=0)
-    for (path, problem), name in zip(items, names, strict=True):
-        output = out_dir / f"{name}.nii.gz"
-        dicom_dir = out_dir / f"{name}_dicom" if dicom and path.is_dir() else None
+    for i, ((path, problem), (output, dicom_dir)) in enumerate(zip(items, outputs, strict=True)):
         record: dict[str, Any] = {"file": str(path), "output": str(output), "status": "failed", "shape": None,
                                   "seconds": None, "qa": None, "error": None}
         if problem is not None:
             record["error"] = f"{path}: {problem}"
-        elif output.exists() and not overwrite and (dicom_dir is None or dicom_dir.exists()):
+        elif i not in todo:  # finished earlier
             old = previous.get(str(output), {})
             record.update(status="skipped", shape=old.get("shape"), qa=old.get("qa"),
                           error=None, note="output exists (use overwrite to redo)")
@@ -287,13 +325,15 @@ def run_batch(
             slices_bar = _progress(0, progress, desc=path.name[:30], unit="slice", position=1, leave=False)
             t0 = time.perf_counter()
             try:
+                volume = reader.next(path)
                 result = convert_volume(
                     path, output, generator, source, target, image_size=int(spec["image_size"]),
                     pixdim=tuple(spec["pixdim"]), ct_window=tuple(spec["ct_window"]),
                     mri_percentiles=tuple(spec["mri_percentiles"]), batch_size=batch_size, device=dev,
                     amp=amp, model_info=info, series_uid=series_uid, dicom_output_dir=dicom_dir,
                     qa_threshold=qa_threshold, qa_dir=out_dir / "qa", progress=slices_bar, inferer=inferer,
-                    max_voxels=max_voxels)
+                    max_voxels=max_voxels, volume=volume)
+                del volume
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                 record["seconds"] = round(time.perf_counter() - t0, 3)
                 if isinstance(exc, ConversionError):  # names the input, or the output it could not write
@@ -318,6 +358,7 @@ def run_batch(
             on_record(record)
         if files_bar is not None:
             files_bar.update(1)
+    reader.close()
     if files_bar is not None:
         files_bar.close()
 

@@ -238,6 +238,7 @@ def convert_volume(
     progress: Any = None,
     inferer: SliceInferer | None = None,
     max_voxels: int | None = None,
+    volume: Volume | None = None,
 ) -> dict[str, Any]:
     """Convert one volume slice by slice with ``generator`` ((B, 1, S, S) in [-1, 1] -> same) and write
     ``output_path`` (NIfTI) on exactly the input's grid; optionally a synthetic DICOM series and a QA montage.
@@ -245,6 +246,7 @@ def convert_volume(
     ``progress``: an object with ``update(n)`` (e.g. a tqdm bar) advanced by the number of slices done.
     ``inferer``: a ``SliceInferer`` over ``spatial_dim=0`` to use instead of the default (see `infer_slices`).
     ``max_voxels``: refuse larger volumes (checked from the header, before the pixel data is read).
+    ``volume``: ``input_path`` already loaded with `load_volume` (a batch reads the next file ahead).
     Returns a dict: input, output, direction, shape, slices, seconds, timings, qa, warnings, dicom_output,
     dicom_series_uid. Bad input raises `ConversionError` naming the file; nothing is left behind then.
     """
@@ -259,7 +261,8 @@ def convert_volume(
         timings[name] = round(now - since, 4)
         return now
 
-    volume = load_volume(input_path, series_uid=series_uid, max_voxels=max_voxels)
+    if volume is None:
+        volume = load_volume(input_path, series_uid=series_uid, max_voxels=max_voxels)
     if dicom_output_dir is not None and volume.kind != "dicom":
         raise ConversionError(input_path, "DICOM output needs a DICOM series input")
     warnings = _check_range(input_path, volume.image, source)
