@@ -6,8 +6,9 @@ learning-rate schedule over them with the paper's 1:1 ratio of constant and deca
 learning rate reaches zero at the last iteration. It re-plans every window with the speed of the most recent
 window (other load on the machine varies); a re-plan during the decay continues the decay from the current
 learning rate (no jump back up), so the 1:1 split becomes approximate. Plans are in iterations, not epochs,
-so a budget shorter than one epoch still ends with the learning rate at zero. Time spent in validation is
-reserved for the final validation (``ValidateOnCompleted``), which makes sure a best checkpoint exists.
+so a budget shorter than one epoch still ends with the learning rate at zero. The validator runs once after the
+first window, and the time of the latest validation is reserved for the final one (``ValidateOnCompleted``),
+so the run, final validation and best checkpoint included, ends inside the budget.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class TimeBudgetHandler:
         budget_minutes: the whole run's wall-clock budget; None or <= 0 disables the handler.
         schedulers: ``LambdaLR`` schedulers whose rule is a ``LinearDecayRule``, stepped once per iteration.
         validator: the validation engine, whose run time is measured and reserved for the final validation.
+        validate_first: with a validator, validate once after the first speed window to measure that time
+            (otherwise nothing is reserved until the first scheduled validation, and the final one may overrun).
         measure_seconds: speed-measurement window (capped at 10% of the budget).
         safety: fraction of the remaining time planned for training iterations.
         reserve_seconds: the hard stop comes at least this long before the budget ends.
@@ -39,10 +42,10 @@ class TimeBudgetHandler:
 
     def __init__(self, budget_minutes: float | None, schedulers: Sequence[Any] = (), validator: Engine | None = None,
                  measure_seconds: float = 60.0, safety: float = 0.9, reserve_seconds: float = 5.0,
-                 constant_fraction: float = 0.5) -> None:
+                 constant_fraction: float = 0.5, validate_first: bool = True) -> None:
         self.budget = None if not budget_minutes or budget_minutes <= 0 else float(budget_minutes) * 60.0
         self.schedulers = list(schedulers)
-        self.validator = validator
+        self.validator, self.validate_first = validator, bool(validate_first)
         self.window = 0.0 if self.budget is None else min(measure_seconds, 0.1 * self.budget)
         self.safety, self.reserve_seconds, self.constant_fraction = safety, reserve_seconds, constant_fraction
         self.start: float | None = None
@@ -87,8 +90,11 @@ class TimeBudgetHandler:
         span = now - self.samples[0][0]
         due = self.last_plan is None or now - self.last_plan >= self.window
         if due and span >= self.window and span > 0:  # the first sample (warm-up) starts the window
-            self._plan(engine, (engine.state.iteration - self.samples[0][1]) / span)
-            self.last_plan = now
+            rate = (engine.state.iteration - self.samples[0][1]) / span
+            if self.last_plan is None and self.validate_first and self.validator is not None:
+                self._validate_now(engine)  # measures what the final validation will cost
+            self._plan(engine, rate)
+            self.last_plan = now = time.perf_counter()
         reserve = self.reserve_seconds + self.validation_seconds
         if self.planned_iterations is not None and engine.state.iteration >= self.planned_iterations:
             logger.info("time budget: planned %d iterations done", self.planned_iterations)
@@ -97,6 +103,13 @@ class TimeBudgetHandler:
             logger.warning("time budget reached at epoch %d, iteration %d: stopping", engine.state.epoch,
                            engine.state.iteration)
             engine.terminate()
+
+    def _validate_now(self, engine: Engine) -> None:
+        """Validate once after the first speed window: its time is then reserved for the final validation (which
+        must end inside the budget), and a best checkpoint exists early."""
+        logger.info("time budget: validating once to measure the validation time")
+        self.validator.run(engine.state.epoch)
+        logger.info("time budget: one validation takes %.1f s; reserved for the final one", self.validation_seconds)
 
     def _plan(self, engine: Engine, iterations_per_second: float) -> None:
         done = engine.state.iteration

@@ -32,3 +32,34 @@ def test_respread_is_monotone_and_ends_at_zero(plans: dict[int, int]) -> None:
 def test_disabled_without_budget() -> None:
     handler = TimeBudgetHandler(None)
     assert handler.budget is None and handler.window == 0.0
+
+
+def test_validation_time_is_measured_early_and_the_run_ends_inside_the_budget() -> None:
+    """The validator runs once after the first speed window; its time is reserved, so training plus the final
+    validation end inside the budget (without the early run nothing would be reserved and it would overrun)."""
+    import time
+
+    from ignite.engine import Engine, Events
+
+    from ctmri_monai.budget import ValidateOnCompleted
+
+    runs: list[float] = []
+
+    class Validator(Engine):  # run(epoch), as MONAI's Evaluator
+        def run(self, global_epoch: int = 1) -> None:
+            super().run([0])
+
+    validator = Validator(lambda engine, batch: time.sleep(0.6))
+    validator.add_event_handler(Events.COMPLETED, lambda e: runs.append(time.perf_counter()))
+    trainer = Engine(lambda e, b: time.sleep(0.01))
+    budget_minutes = 4.0 / 60  # 4 s; the speed window is capped at 10 %: 0.4 s
+    handler = TimeBudgetHandler(budget_minutes, validator=validator, reserve_seconds=0.2)
+    handler.attach(trainer)
+    ValidateOnCompleted(validator, interval=1000).attach(trainer)
+    start = time.perf_counter()
+    trainer.run(range(50), max_epochs=1000)
+    elapsed = time.perf_counter() - start
+    assert len(runs) == 2, "one early validation and the final one"
+    assert handler.validation_seconds == pytest.approx(0.6, abs=0.2)
+    assert runs[0] - start < 1.5 and elapsed < 4.0, elapsed
+    assert elapsed > 2.5  # and the budget was used, not thrown away
