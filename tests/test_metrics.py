@@ -249,6 +249,13 @@ def test_translation_metrics_on_engine_match_direct_computation() -> None:
         ),
         rel=1e-9,
     )
+    assert extractor.calls == 12 + 2 * 2  # the real batches were seen before: only the fakes ran the network
+    changed = dict(batches[0], real_mri=batches[0]["real_mri"] * 0.5)
+    state = engine.run([changed, batches[1]], max_epochs=1)
+    assert extractor.calls == 16 + 2 * 2 + 1  # new real content runs the network again
+    assert state.metrics["fid_ct2mri"] == pytest.approx(
+        frechet_distance(_direct(net, batches[:2], "fake_mri", "ct_valid"),
+                         _direct(net, [changed, batches[1]], "real_mri", "mri_valid")), rel=1e-9)
     assert lower_is_better(1.0, 2.0) and not lower_is_better(2.0, 1.0)
 
 

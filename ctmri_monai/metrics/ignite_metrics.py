@@ -13,6 +13,7 @@ items where "mri_valid".
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -88,6 +89,20 @@ class TranslationOutputTransform:
         return fake, real, fake_valid, real_valid
 
 
+def _content_key(images: Any, valid: Any) -> str:
+    """SHA-1 of a batch's pixels, shape, dtype and valid mask."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for value in (images, valid):
+        if value is None:
+            digest.update(b"none")
+            continue
+        t = torch.as_tensor(value).detach()
+        t = t.as_subclass(torch.Tensor).to("cpu").contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 class TranslationFeatures(Metric):
     """Collect features of the valid fake and real images of one direction; ``compute()`` -> (fake, real).
 
@@ -95,6 +110,9 @@ class TranslationFeatures(Metric):
     masks are boolean N-vectors (``None``: all valid). Features are stored on the CPU as float32 and returned
     as float64 tensors (N_fake, F), (N_real, F), gathered over all processes with ``ignite.distributed``
     (world size 1: no communication). ``compute`` is cached until the next ``update``/``reset``.
+    ``cache_real``: keep the features of real batches by content (SHA-1 of the pixels and mask) across
+    ``reset``, so repeated validations on the same data run the feature network on the real images once (the
+    feature network must stay fixed, as FID's does).
     """
 
     def __init__(
@@ -102,8 +120,11 @@ class TranslationFeatures(Metric):
         feature_extractor: Callable[[torch.Tensor], torch.Tensor],
         output_transform: Callable = _identity,
         device: str | torch.device = "cpu",
+        cache_real: bool = True,
     ) -> None:
         self.feature_extractor = feature_extractor
+        self.cache_real = bool(cache_real)
+        self._real_cache: dict[str, torch.Tensor | None] = {}
         self._fake: list[torch.Tensor] = []
         self._real: list[torch.Tensor] = []
         self._version = 0
@@ -148,7 +169,13 @@ class TranslationFeatures(Metric):
         fake, real = output[0], output[1]
         fake_valid, real_valid = (output[2], output[3]) if len(output) == 4 else (None, None)
         for store, images, valid in ((self._fake, fake, fake_valid), (self._real, real, real_valid)):
-            feats = self._features(images, valid)
+            if store is self._real and self.cache_real:
+                key = _content_key(images, valid)
+                if key not in self._real_cache:
+                    self._real_cache[key] = self._features(images, valid)
+                feats = self._real_cache[key]
+            else:
+                feats = self._features(images, valid)
             if feats is not None:
                 store.append(feats)
         self._cached = None
