@@ -1,4 +1,4 @@
-"""The training and conversion benchmarks run in their quick mode and report every figure (figures not asserted)."""
+"""scripts/bench_all.sh in its quick mode: every benchmark runs and reports every figure (figures not asserted)."""
 
 from __future__ import annotations
 
@@ -12,33 +12,46 @@ import pytest
 from conftest import REPO
 
 
-def _run(script: str, out: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--quick", "--output", str(out)],
-                            capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
-                            cwd=out.parent, timeout=300)
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", BENCH_QUICK="1", PYTHON=sys.executable)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "bench_all.sh"), str(out)], capture_output=True,
+                            text=True, encoding="utf-8", errors="replace", env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    data = json.loads(out.read_text())
+    assert "== bench_train" in result.stdout and "img/s" in result.stdout and "| images per set |" in result.stdout
+    return out
+
+
+def test_bench_train_quick(bench_out: Path) -> None:
+    data = json.loads((bench_out / "bench_train.json").read_text())
     assert data["quick"] is True and data["machine"]
-    return data
-
-
-def test_bench_train_quick(tmp_path: Path) -> None:
-    data = _run("bench_train.py", tmp_path / "train.json")
     rows = {(r["backbone"], r["variant"]): r for r in data["results"]}
     assert set(rows) == {(b, v) for b in ("ResNet-9", "U-Net-256") for v in ("baseline", "engine")}
     for row in rows.values():
         assert row["images_per_s"] > 0 and row["peak_memory_bytes"] > 0 and row["flops_per_iteration"] > 0
-    # the same math on both sides: the engine's FLOPs per image equal the baseline's
-    for backbone in ("ResNet-9", "U-Net-256"):
+    for backbone in ("ResNet-9", "U-Net-256"):  # the same math on both sides
         assert rows[(backbone, "engine")]["flops_per_image"] == pytest.approx(
             rows[(backbone, "baseline")]["flops_per_image"], rel=0.05)
 
 
-def test_bench_convert_quick(tmp_path: Path) -> None:
-    data = _run("bench_convert.py", tmp_path / "convert.json")
+def test_bench_convert_quick(bench_out: Path) -> None:
+    data = json.loads((bench_out / "bench_convert.json").read_text())
     rows = {r["variant"]: r for r in data["results"]}
     assert set(rows) == {"end_to_end", "forward", "baseline_fp32_b1"}
     assert all(r["slices_per_s"] > 0 for r in rows.values()) and data["flops_per_slice"] > 0
     assert set(rows["end_to_end"]["timings_per_volume_s"]) >= {"load", "preprocess", "inference", "invert", "write"}
     assert rows["forward"]["ratio_vs_forward"] == pytest.approx(1.0)
+
+
+def test_bench_fid_quick(bench_out: Path) -> None:
+    row = json.loads((bench_out / "bench_fid.json").read_text())
+    for key in ("feature_seconds", "images_per_second", "frechet_seconds", "kid_seconds", "direction_seconds"):
+        assert row[key] >= 0, key
+    assert row["images_per_set"] == 8 and row["fid"] >= 0
+
+
+def test_large_volume_quick(bench_out: Path) -> None:
+    figures = json.loads((bench_out / "large_volume.json").read_text())
+    assert figures["ok"] == 2 and figures["failed"] == 0 and figures["rss_peak_mb"] > 0
+    assert not (bench_out / "large_volume_work").exists()
