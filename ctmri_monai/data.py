@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import Dataset as MonaiDataset
-from monai.data import MetaTensor
+from monai.data import CacheDataset, MetaTensor
 from torch.utils.data import Dataset, get_worker_info
 
 from ctmri_monai.transforms import (
@@ -159,12 +158,14 @@ def _reraise_input_error(exc: BaseException) -> None:
     raise exc
 
 
-class ImageFolderDataset(MonaiDataset):
+class ImageFolderDataset(CacheDataset):
     """2D image files -> ``(1, S, S)`` float32 tensors in [-1, 1].
 
     ``transform`` is a dictionary transform reading the file path under ``key`` (default:
     ``image_file_transforms(image_size, size_policy, training)``). A bad file raises ``InputImageError``
-    naming it. ``seed`` seeds the transform's randomness (flips, random crops).
+    naming it. ``seed`` seeds the transform's randomness (flips, random crops). ``cache_rate``: the share of
+    images whose decoded result (the transforms before the first random one) MONAI's ``CacheDataset`` keeps in
+    memory, filled at construction with ``cache_workers`` threads (0: nothing cached, every access decodes).
     """
 
     def __init__(
@@ -176,6 +177,8 @@ class ImageFolderDataset(MonaiDataset):
         size_policy: str = "fit",
         training: bool = False,
         seed: int | None = None,
+        cache_rate: float = 0.0,
+        cache_workers: int = 2,
     ) -> None:
         self.files = [Path(f) for f in files]
         self.key = key
@@ -183,7 +186,11 @@ class ImageFolderDataset(MonaiDataset):
             transform = image_file_transforms(image_size, size_policy, training=training, keys=(key,))
         if seed is not None and hasattr(transform, "set_random_state"):
             transform.set_random_state(seed=seed)
-        super().__init__([{key: str(f)} for f in self.files], transform)
+        try:
+            super().__init__([{key: str(f)} for f in self.files], transform, cache_rate=float(cache_rate),
+                             num_workers=max(1, int(cache_workers)), progress=False)
+        except Exception as exc:  # noqa: BLE001 - a bad file met while filling the cache
+            _reraise_input_error(exc)
 
     def item_name(self, index: int) -> str:
         return str(self.files[index])
@@ -399,6 +406,7 @@ def build_unpaired_dataset(
     slices_per_volume: int | None = None,
     random_pairing: bool | None = None,
     image_transform: Callable | None = None,
+    cache_rate: float = 0.0,
 ) -> UnpairedDataset:
     """The unpaired CT / MRI dataset of ``dataset_dir`` for ``split`` ("train", "val" or "test").
 
@@ -409,6 +417,8 @@ def build_unpaired_dataset(
     ``training`` turns on random flips, random crops ("resize_crop") and random pairing (unless
     ``random_pairing`` says otherwise). ``image_transform``, when given, replaces the default 2D pipeline
     (``image_file_transforms``) for both domains (each gets its own copy): this is how the bundle declares it.
+    ``cache_rate``: share of 2D images kept decoded in memory (see `ImageFolderDataset`; volumes keep their own
+    small cache of volumes).
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -431,7 +441,7 @@ def build_unpaired_dataset(
         ct, mri = (
             ImageFolderDataset(files, transform=None if image_transform is None else copy.deepcopy(image_transform),
                                image_size=image_size, size_policy=size_policy, training=training,
-                               seed=None if seed is None else seed + i)
+                               seed=None if seed is None else seed + i, cache_rate=cache_rate)
             for i, files in enumerate(groups)
         )
     else:

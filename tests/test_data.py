@@ -128,6 +128,27 @@ def test_image_folder_dataset_training_is_reproducible(tmp_path):
         assert torch.equal(a[i], b[i])
 
 
+@pytest.mark.parametrize("policy", ["fit", "resize_crop"])
+def test_cached_images_equal_decoded_ones_without_reading_files_again(tmp_path, policy):
+    files = [_rgb_jpeg(tmp_path / f"r{i}.jpg", seed=i) for i in range(3)] + [_gray_png(tmp_path / "g.png")]
+    plain = ImageFolderDataset(files, image_size=S, size_policy=policy, training=True, seed=3)
+    expected = [[plain[i] for i in range(len(files))] for _ in range(2)]  # random flips / crops differ per pass
+    cached = ImageFolderDataset(files, image_size=S, size_policy=policy, training=True, seed=3, cache_rate=1.0)
+    for f in files:
+        f.unlink()  # everything the cached dataset needs is in memory
+    for passes in expected:
+        for i, want in enumerate(passes):
+            assert torch.equal(cached[i], want)
+
+
+def test_cache_fill_error_names_the_file(tmp_path):
+    good = _gray_png(tmp_path / "good.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(good.read_bytes()[:60])
+    with pytest.raises(InputImageError, match="bad.png: cannot read image"):
+        ImageFolderDataset([good, bad], image_size=S, cache_rate=1.0)
+
+
 def test_corrupt_image_error_names_the_file(tmp_path):
     good = _gray_png(tmp_path / "good.png")
     bad = tmp_path / "bad.png"
