@@ -60,6 +60,30 @@ def test_amp_is_a_no_op_on_cpu() -> None:
     _assert_same_training(_train(amp=True), _train(amp=False), atol=0.0)
 
 
+def test_bf16_autocast_path_stays_within_mixed_precision_tolerance() -> None:
+    """The trainer's autocast path (bf16, as on CUDA) run on the CPU, where autocast supports bf16 too: losses and
+    the trained generator stay within bf16 tolerance of fp32."""
+    gy, gx, dx, dy = _nets()
+    go = torch.optim.Adam(itertools.chain(gy.parameters(), gx.parameters()), 2e-4, betas=(0.5, 0.999))
+    do = torch.optim.Adam(itertools.chain(dx.parameters(), dy.parameters()), 2e-4, betas=(0.5, 0.999))
+    batches = _batches()
+    trainer = CycleGANTrainer("cpu", 1, batches, gy, gx, dx, dy, go, do)
+    trainer.amp_dtype = torch.bfloat16  # what autocast_dtype picks on a bf16-capable GPU
+    seen: list[torch.dtype] = []
+    gy.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses: list[dict] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(dict(e.state.output)))
+    trainer.run()
+    assert torch.bfloat16 in seen, "the generator did not run under bf16 autocast"
+    with torch.no_grad():
+        bf16 = losses, gy(batches[0]["ct"]).contiguous()
+    reference = _train()
+    for la, lb in zip(bf16[0], reference[0], strict=True):
+        for key in la:
+            assert la[key] == pytest.approx(lb[key], rel=0.05, abs=0.02), key
+    torch.testing.assert_close(bf16[1], reference[1], rtol=0.0, atol=0.05)
+
+
 def test_channels_last_matches_fp32_nchw() -> None:
     plain = _train()
     nets = _nets()
