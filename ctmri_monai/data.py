@@ -391,6 +391,17 @@ def detect_layout(dataset_dir: str | Path) -> str:
     )
 
 
+def effective_split(dataset_dir: str | Path, split: str) -> str:
+    """The split ``build_unpaired_dataset`` really reads for ``split``: "test" falls back to the validation split
+    when there are no testA/testB folders (always for volumes); say so in reports."""
+    if split != "test":
+        return split
+    root = Path(dataset_dir)
+    if all((root / f).is_dir() for f in IMAGE_FOLDERS["test"]) and detect_layout(root) == "images":
+        return "test"
+    return "val (no testA/testB: the validation split of the training folders)"
+
+
 def build_unpaired_dataset(
     dataset_dir: str | Path,
     split: str = "train",

@@ -222,11 +222,9 @@ def _label(backbone: str, summary: Mapping[str, Any]) -> str:
 
 
 def _eval_split(dataset_dir: str | Path) -> str:
-    from ctmri_monai.data import IMAGE_FOLDERS
+    from ctmri_monai.data import effective_split
 
-    if all((Path(dataset_dir) / f).is_dir() for f in IMAGE_FOLDERS["test"]):
-        return "testA/testB"
-    return "the validation split of trainA/trainB"
+    return "testA/testB" if effective_split(dataset_dir, "test") == "test" else "the validation split of trainA/trainB"
 
 
 def reduced_reasons(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -34,7 +34,7 @@ def trained(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     assert (out / "checkpoints" / "checkpoint_epoch=2.pt").is_file()
     (out / "first_run.log").write_text(first.stdout + first.stderr)
     second = run_bundle_cli(["train"], dataset_dir=tiny_phantoms, output_dir=out, n_epochs=2, n_epochs_decay=2,
-                            val_interval=2, **TINY_OVERRIDES)
+                            val_interval=2, cache_rate=1.0, **TINY_OVERRIDES)  # decoded images cached
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     (out / "second_run.log").write_text(second.stdout + second.stderr)
     return out
@@ -82,6 +82,9 @@ def test_evaluate_writes_table_with_every_field(trained: Path, tiny_phantoms: Pa
                   "n_test_mri", "seconds"):
         assert row.get(field) not in (None, ""), field
     assert row["fid_ct2mri"] >= 0 and row["n_test_ct"] > 0 and row["params_m"] > 0
+    from ctmri_monai.data import effective_split
+
+    assert row["split"] == effective_split(tiny_phantoms, "test")  # says which images were really used
     # the phantoms are paired volumes: held-out pairs are scored too
     assert row["n_pairs"] == 1
     for field in ("mae_mri2ct_hu", "psnr_mri2ct", "ssim_mri2ct", "mae_ct2mri", "psnr_ct2mri", "ssim_ct2mri"):

@@ -17,6 +17,7 @@ from ctmri_monai.data import (
     VolumeSliceDataset,
     build_unpaired_dataset,
     detect_layout,
+    effective_split,
     list_images,
     list_volumes,
     split_train_val,
@@ -341,3 +342,13 @@ def test_build_unknown_layout_names_the_folder(tmp_path):
     (tmp_path / "trainB").mkdir()
     with pytest.raises(InputImageError, match="trainA: image folder is empty"):
         build_unpaired_dataset(tmp_path)
+
+
+def test_effective_split_says_when_test_falls_back_to_validation(tmp_path):
+    for folder in ("trainA", "trainB"):
+        _image_folder(tmp_path / folder, 3)
+    assert effective_split(tmp_path, "test").startswith("val (no testA/testB")
+    assert effective_split(tmp_path, "val") == "val"
+    for folder in ("testA", "testB"):
+        _image_folder(tmp_path / folder, 2)
+    assert effective_split(tmp_path, "test") == "test"
