@@ -66,7 +66,7 @@ def run_demo(output_dir: str = "demo_output", minutes: float = 3.0, subjects: in
     print("[4/4] converting a phantom CT volume to synthetic MRI, with the anatomical-consistency report")
     test_volume = sorted((data_dir / "volumes" / "ct").glob("*.nii.gz"))[-1]
     status = run_batch([str(test_volume)], str(out / "converted"), "ct2mri", checkpoint=str(checkpoint),
-                       batch_size=16, device="cpu", amp=False, overwrite=True, progress=False)
+                       device="cpu", amp=False, overwrite=True, progress=False)
     summary = json.loads((out / "converted" / "summary.json").read_text())
 
     print("\nDemo outputs")

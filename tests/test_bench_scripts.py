@@ -55,3 +55,8 @@ def test_large_volume_quick(bench_out: Path) -> None:
     figures = json.loads((bench_out / "large_volume.json").read_text())
     assert figures["ok"] == 2 and figures["failed"] == 0 and figures["rss_peak_mb"] > 0
     assert not (bench_out / "large_volume_work").exists()
+
+
+def test_bench_peak_quick(bench_out: Path) -> None:
+    data = json.loads((bench_out / "bench_peak.json").read_text())
+    assert data["size"] == 256 and all(r["tflops"] > 0 for r in data["results"])

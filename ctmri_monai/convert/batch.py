@@ -190,6 +190,12 @@ def _default_loader(checkpoint: str | os.PathLike, direction: str, device: str) 
     return load_generator(checkpoint, direction, device)
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Slices per generator call: 16 on CUDA; 1 on the CPU, where larger batches measured slower
+    (ResNet-9 at 256 x 256 on 2 cores: 1.1-1.3 slices/s at batch 1, 1.0 at 4, 0.9 at 16)."""
+    return 16 if torch.device(device).type == "cuda" else 1
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     """"auto" -> CUDA when available, else CPU; a bare "cuda" means this process's GPU (``LOCAL_RANK`` under
     torchrun, else GPU 0)."""
@@ -236,7 +242,7 @@ def run_batch(
     checkpoint: str | os.PathLike | None = None,
     generator: Callable[[torch.Tensor], torch.Tensor] | None = None,
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: str | torch.device | None = "auto",
     amp: bool = True,
     overwrite: bool = False,
@@ -277,6 +283,7 @@ def run_batch(
     source, target = DIRECTIONS[direction]
     stream = stream or sys.stdout
     dev = _resolve_device(device)
+    batch_size = default_batch_size(dev) if batch_size is None else int(batch_size)
     out_dir = Path(output_dir)
     if checkpoint is not None:  # before anything is written: a bad checkpoint leaves no output folder behind
         generator, info = (load_model or _default_loader)(checkpoint, direction, str(dev))
@@ -409,7 +416,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--direction", required=True, choices=sorted(DIRECTIONS))
     parser.add_argument("--checkpoint", required=True, help="checkpoint .pt written by training")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per generator call")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="slices per generator call (default: 16 on CUDA, 1 on the CPU)")
     parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (default)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="mixed precision on CUDA (bf16 where supported)")
