@@ -21,15 +21,10 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ctmri_monai.distributed import resolve_device  # re-exported for the benchmark scripts
+
 __all__ = ["FlopCount", "cpu_model", "format_table", "machine_info", "peak_memory", "reset_peak_memory",
-           "resolve_device", "rss_bytes", "run_isolated", "synchronize", "write_json"]
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" (or None) -> CUDA when available, else CPU."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+           "reset_peak_rss", "resolve_device", "rss_bytes", "run_isolated", "synchronize", "write_json"]
 
 
 def cpu_model() -> str:
@@ -77,13 +72,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc; 0 where unavailable)."""
+def rss_bytes(field: str = "VmRSS") -> int:
+    """This process's resident memory from /proc/self/status: ``VmRSS`` (now) or ``VmHWM`` (peak since start or
+    since `reset_peak_rss`); 0 where unavailable."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
+        pass
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ``/proc/self/clear_refs``); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -55,17 +55,23 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
+def _visible_entries(folder: Path, kind: str) -> list[Path]:
+    """The non-hidden entries of ``folder``; ``InputImageError`` when it is missing or empty."""
+    if not folder.is_dir():
+        raise InputImageError(f"{folder}: {kind} folder not found")
+    entries = [p for p in folder.iterdir() if not _is_hidden(p)]
+    if not entries:
+        raise InputImageError(f"{folder}: {kind} folder is empty")
+    return entries
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Sorted image files (any Pillow suffix, case-insensitive) directly inside ``folder``.
 
     Raises ``InputImageError`` naming the folder when it is missing, empty or holds no image files.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputImageError(f"{folder}: image folder not found")
-    entries = [p for p in folder.iterdir() if not _is_hidden(p)]
-    if not entries:
-        raise InputImageError(f"{folder}: image folder is empty")
+    entries = _visible_entries(folder, "image")
     files = sorted(p for p in entries if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
     if not files:
         raise InputImageError(
@@ -78,11 +84,7 @@ def list_images(folder: str | Path) -> list[Path]:
 def list_volumes(folder: str | Path) -> list[Path]:
     """Sorted volumes in ``folder``: NIfTI files (.nii, .nii.gz) and DICOM series folders (sub-folders)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputImageError(f"{folder}: volume folder not found")
-    entries = [p for p in folder.iterdir() if not _is_hidden(p)]
-    if not entries:
-        raise InputImageError(f"{folder}: volume folder is empty")
+    entries = _visible_entries(folder, "volume")
     vols = sorted(
         p for p in entries
         if (p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))

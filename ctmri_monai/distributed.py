@@ -30,9 +30,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["ReplicaSyncCheck", "cleanup", "distributed_env", "gather_objects", "init_distributed", "local_device",
-           "network_fingerprints", "rank_handlers", "resolve_backend", "seed_per_rank", "shard_inputs",
-           "state_dict_sha256", "unwrap", "wrap_ddp"]
+__all__ = ["ReplicaSyncCheck", "cleanup", "distributed_env", "free_port", "gather_objects", "init_distributed",
+           "local_device", "network_fingerprints", "rank_handlers", "resolve_backend", "resolve_device",
+           "seed_per_rank", "shard_inputs", "state_dict_sha256", "unwrap", "wrap_ddp"]
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -72,7 +72,17 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _free_port() -> int:
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto" (or None) -> this process's GPU when CUDA is available, else the CPU; a bare "cuda" -> this
+    process's GPU (``cuda:LOCAL_RANK`` under torchrun, else GPU 0); anything else as given."""
+    if device in (None, "", "auto", "cuda") and torch.cuda.is_available():
+        return local_device()
+    if device in (None, "", "auto"):
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -94,7 +104,7 @@ def init_distributed(backend: str | None = "auto", timeout_minutes: float = 30.0
             dist.init_process_group(backend=name, timeout=timeout)
         else:
             logger.warning("init_distributed: not started by torchrun; running as a single process")
-            dist.init_process_group(backend=name, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+            dist.init_process_group(backend=name, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
                                     world_size=1, timeout=timeout)
     info = {"backend": dist.get_backend(), "rank": dist.get_rank(), "world_size": dist.get_world_size()}
     logger.info("distributed: rank %d of %d (%s)", info["rank"], info["world_size"], info["backend"])

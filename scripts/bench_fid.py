@@ -11,12 +11,11 @@ the figures. Use --quick for a seconds-long smoke run (CI).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 
 import torch
 
+from ctmri_monai.benchmarking import machine_info, write_json
 from ctmri_monai.metrics import InceptionFeatures, RandomFeatures, frechet_distance, kernel_inception_distance
 
 
@@ -43,8 +42,7 @@ def measure(images: int, device: str, batch: int, features: str, size: int) -> d
             "feature_seconds": round(t_features, 2), "images_per_second": round(2 * images / t_features, 2),
             "frechet_seconds": round(t_fid, 3), "kid_seconds": round(t_kid, 3),
             "direction_seconds": round(t_features + t_fid + t_kid, 2), "fid": fid, "kid": kid,
-            "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "cuda_device": torch.cuda.get_device_name() if device.startswith("cuda") else None}
+            "torch_threads": torch.get_num_threads(), "machine": machine_info(torch.device(device))}
 
 
 def main() -> None:
@@ -66,8 +64,7 @@ def main() -> None:
           f"{row['images_per_second']} | {row['frechet_seconds']} | {row['kid_seconds']} | "
           f"{row['direction_seconds']} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(row, f, indent=2)
+        write_json(row, args.json)
 
 
 if __name__ == "__main__":

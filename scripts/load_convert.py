@@ -18,11 +18,9 @@ float32 tensors (4 MB for depth 16), so a leak of any per-file tensor would grow
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,24 +31,12 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from ctmri_monai.benchmarking import machine_info, reset_peak_rss, rss_bytes, write_json
+
 
 def rss_mb(field: str = "VmRSS") -> float:
-    """Resident memory of this process in MiB from /proc/self/status (``VmRSS``, or ``VmHWM`` for the peak)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux ``/proc/self/clear_refs``); False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+    """Resident memory of this process in MiB (``VmRSS``, or ``VmHWM`` for the peak)."""
+    return rss_bytes(field) / 2**20
 
 
 class IdentityishGenerator(torch.nn.Module):
@@ -135,9 +121,7 @@ def run(n: int = 200, shape: tuple[int, int, int] = (48, 48, 16), image_size: in
             "MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic)"),
         "seconds": round(seconds, 2), "seconds_per_file": round(seconds / max(n, 1), 4),
         "rss_samples_mb": [round(v, 1) for v in samples], "output_dir": str(work),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_info(torch.device("cpu")),
     }
 
 
@@ -154,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps({k: v for k, v in figures.items() if k != "rss_samples_mb"}, indent=2)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(figures, args.json)
     return 0 if figures["failed"] == 0 and figures["exit_status"] == 0 else 1
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from ignite.engine import Events
 from ctmri_monai.checkpoint import load_checkpoint, load_generator
 from ctmri_monai.distributed import (
     ReplicaSyncCheck,
+    free_port,
     rank_handlers,
     shard_inputs,
     state_dict_sha256,
@@ -55,12 +55,6 @@ def test_single_process_helpers_leave_modules_alone() -> None:
     others = [object(), ReplicaSyncCheck({"g": net})]
     assert rank_handlers([writer, *others], rank=0) == [writer, *others]
     assert rank_handlers([writer, *others], rank=1) == others
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tiny_nets() -> list[torch.nn.Module]:
@@ -126,7 +120,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_ddp_training_equals_one_process_on_the_whole_batch_and_features_gather(tmp_path: Path) -> None:
     """Two gloo ranks on half batches step like one process on whole batches; FID features are gathered."""
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     initial = [n.state_dict() for n in _tiny_nets()]
     for i in range(4):

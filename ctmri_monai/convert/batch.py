@@ -34,7 +34,7 @@ from ctmri_monai.convert.io import (
     path_suffix,
 )
 from ctmri_monai.convert.pipeline import convert_volume
-from ctmri_monai.distributed import distributed_env, local_device, shard_inputs
+from ctmri_monai.distributed import distributed_env, resolve_device, shard_inputs
 from ctmri_monai.results import write_json_atomic
 
 SPEC_DEFAULTS: dict[str, Any] = {"image_size": 256, "pixdim": (1.0, 1.0), "ct_window": (-1000.0, 1000.0),
@@ -196,16 +196,6 @@ def default_batch_size(device: torch.device) -> int:
     return 16 if torch.device(device).type == "cuda" else 1
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; a bare "cuda" means this process's GPU (``LOCAL_RANK`` under
-    torchrun, else GPU 0)."""
-    if device in (None, "", "auto", "cuda") and torch.cuda.is_available():
-        return local_device()
-    if device in (None, "", "auto"):
-        return torch.device("cpu")
-    return torch.device(device)
-
-
 class _ReadAhead:
     """Loads ``paths`` in order with `load_volume`, one file ahead in a background thread."""
 
@@ -282,7 +272,7 @@ def run_batch(
         raise ValueError("give exactly one of checkpoint and generator")
     source, target = DIRECTIONS[direction]
     stream = stream or sys.stdout
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     batch_size = default_batch_size(dev) if batch_size is None else int(batch_size)
     out_dir = Path(output_dir)
     if checkpoint is not None:  # before anything is written: a bad checkpoint leaves no output folder behind
