@@ -76,6 +76,7 @@ INTENSITY_META_KEY = "ctmri_intensity"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 HORIZONTAL_FLIP_AXIS = 1  # spatial axis of a (C, H, W) image (or of a "PLS" axial slice) that runs left-right
 DEFAULT_AXCODES = "PLS"
+ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # MONAI labels for RAS-style axis codes
 SIZE_POLICIES = ("fit", "crop", "resize_crop")
 
 
@@ -600,7 +601,7 @@ def volume_slice_transforms(
         SafeLoadImaged(keys, reader=reader, image_only=True),
         EnsureChannelFirstd(keys),
         CheckImaged(keys, spatial_ndim=3, max_channels=1, reject_constant=True),
-        Orientationd(keys, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Orientationd(keys, axcodes=axcodes, labels=ORIENTATION_LABELS),
         Spacingd(keys, pixdim=(px, py, -1.0), mode="bilinear", padding_mode="border"),
         intensity_transform(domain, keys=keys, ct_window=ct_window, mri_percentiles=mri_percentiles),
         PadOrCropd(keys, spatial_size=(image_size, image_size, -1), background=-1.0),

@@ -154,6 +154,11 @@ def _previous_records(summary: Path) -> dict[str, dict]:
         return {}
 
 
+def status_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many records are ok, flagged, skipped and failed."""
+    return {s: sum(r["status"] == s for r in records) for s in ("ok", "flagged", "skipped", "failed")}
+
+
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     """A plain-text summary table: status, shape, seconds, Dice min/mean, file and error."""
     header = f"{'status':<8} {'shape':<16} {'sec':>7} {'dice min':>8} {'mean':>6}  file"
@@ -168,7 +173,7 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
         if r.get("error"):
             line += f"\n{'':<8} error: {r['error']}"
         lines.append(line)
-    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "flagged", "skipped", "failed")}
+    counts = status_counts(records)
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)
 
@@ -366,7 +371,7 @@ def run_batch(
         "rank": rank,
         "world_size": world_size,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "counts": {s: sum(r["status"] == s for r in records) for s in ("ok", "flagged", "skipped", "failed")},
+        "counts": status_counts(records),
         "files": records,
     }
     write_json_atomic(summary, summary_path)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -160,8 +159,7 @@ def write_dicom_series(
     now = dt.datetime.now()
     files = []
     try:
-        for k, src_file in enumerate(series.files):
-            src = pydicom.dcmread(src_file, stop_before_pixels=True)
+        for k, (src_file, src) in enumerate(zip(series.files, series.headers, strict=True)):  # headers as scanned
             if (int(src.Rows), int(src.Columns)) != (volume.shape[1], volume.shape[0]):
                 raise ValueError(f"{src_file}: slice size {src.Rows}x{src.Columns} differs from the volume's")
             pixels, attrs = _pixels(volume[:, :, k].T, target)

@@ -174,8 +174,8 @@ def _syntax_name(uid: str) -> str:
 
 
 def _check_transfer_syntax(folder: Path, s: DicomSeries) -> None:
-    bad = [(Path(f).name, transfer_syntax(h)) for f, h in zip(s.files, s.headers, strict=True)
-           if transfer_syntax(h) and transfer_syntax(h) not in READABLE_TRANSFER_SYNTAXES]
+    syntaxes = [(Path(f).name, transfer_syntax(h)) for f, h in zip(s.files, s.headers, strict=True)]
+    bad = [(name, ts) for name, ts in syntaxes if ts and ts not in READABLE_TRANSFER_SYNTAXES]
     if bad:
         more = f" and {len(bad) - 1} more file(s)" if len(bad) > 1 else ""
         raise ConversionError(
@@ -206,13 +206,13 @@ def _check_series(folder: Path, s: DicomSeries) -> None:
     if len(headers) < 2:
         return
     normal = _slice_normal(headers[0])
-    pos = np.asarray([np.dot([float(v) for v in h.ImagePositionPatient], normal) for h in headers])
+    ipp = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
+    pos = ipp @ normal
     steps = np.diff(pos)
     if np.any(np.abs(steps) < 1e-4):
         raise ConversionError(folder, f"mixed series {s.uid}: several slices at the same position")
     if not (np.all(steps > 0) or np.all(steps < 0)):
         raise ConversionError(folder, f"series {s.uid}: slices are not ordered along the slice normal")
-    ipp = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
     span = ipp[-1] - ipp[0]
     if np.linalg.norm(np.cross(span, normal)) > 1e-3 * np.linalg.norm(span) + 0.5:  # mm off the normal
         raise ConversionError(folder, f"series {s.uid}: slices are not stacked along their normal (gantry "

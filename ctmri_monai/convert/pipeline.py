@@ -9,7 +9,6 @@ synthetic MRI as float32 in [-1, 1]) -> NIfTI with the input's shape and affine,
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -31,6 +30,7 @@ from monai.transforms import (
     ResizeWithPadOrCropd,
 )
 
+from ctmri_monai.amp import autocast, autocast_dtype
 from ctmri_monai.convert.io import (
     ConversionError,
     Volume,
@@ -41,10 +41,9 @@ from ctmri_monai.convert.io import (
     write_nifti_atomic,
 )
 from ctmri_monai.convert.qa import consistency_report, save_montage
-from ctmri_monai.transforms import DEFAULT_AXCODES, ct_from_unit, intensity_transform
+from ctmri_monai.transforms import DEFAULT_AXCODES, ORIENTATION_LABELS, ct_from_unit, intensity_transform
 
 DOMAINS = ("ct", "mri")
-ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 def synthetic_description(source: str, target: str, model_info: Mapping[str, Any] | None = None) -> str:
@@ -132,13 +131,6 @@ class _SliceNetwork:
         return out.float()
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
 def infer_slices(
     generator: Callable[[torch.Tensor], torch.Tensor],
     volume: torch.Tensor,
@@ -165,7 +157,7 @@ def infer_slices(
         inferer = SliceInferer(spatial_dim=0, roi_size=size, sw_batch_size=max(1, int(batch_size)), overlap=0.0,
                                mode="constant", sw_device=device, device=torch.device("cpu"), progress=False)
     network = _SliceNetwork(generator, progress)
-    with torch.no_grad(), _autocast(device, amp):
+    with torch.no_grad(), autocast(device, autocast_dtype(device, amp)):
         out = inferer(slices_first, network)
     out = out.as_tensor() if isinstance(out, MetaTensor) else out
     return out[0].permute(0, 2, 3, 1).contiguous()
