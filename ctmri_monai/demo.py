@@ -59,8 +59,8 @@ def run_demo(output_dir: str = "demo_output", minutes: float = 3.0, subjects: in
 
     print("[3/4] FID and KID both ways on the phantom test split")
     run_bundle(["train", "evaluate"], dataset_dir=str(data_dir), output_dir=str(train_dir),
-               checkpoint=str(checkpoint), fid_features=features, num_workers=0, eval_batch_size=16,
-               kid_subset_size=32)
+               checkpoint=str(checkpoint), fid_features=features,
+               **{k: DEMO_CONFIG[k] for k in ("num_workers", "eval_batch_size", "kid_subset_size")})
     results = json.loads((train_dir / "evaluation" / "results.json").read_text())
 
     print("[4/4] converting a phantom CT volume to synthetic MRI, with the anatomical-consistency report")

@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 __all__ = ["ReplicaSyncCheck", "cleanup", "distributed_env", "free_port", "gather_objects", "init_distributed",
            "local_device", "network_fingerprints", "rank_handlers", "resolve_backend", "resolve_device",
-           "seed_per_rank", "shard_inputs", "state_dict_sha256", "unwrap", "wrap_ddp"]
+           "seed_per_rank", "shard_inputs", "state_dict_sha256", "unwrap", "update_digest", "wrap_ddp"]
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -186,6 +186,14 @@ def rank_handlers(handlers: Sequence[Any], rank: int | None = None,
     return [h for h in handlers if not isinstance(h, skip)]
 
 
+def update_digest(digest: Any, tensor: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes (a contiguous CPU copy, no further copy) into a hashlib digest."""
+    t = tensor.detach().as_subclass(torch.Tensor).cpu().contiguous()
+    digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
 def state_dict_sha256(state: Mapping[str, Any]) -> str:
     """SHA-256 over a state dict's names, dtypes, shapes and tensor bytes (CPU copy); equal iff bitwise equal."""
     digest = hashlib.sha256()
@@ -193,9 +201,7 @@ def state_dict_sha256(state: Mapping[str, Any]) -> str:
         value = state[key]
         digest.update(key.encode())
         if isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous()
-            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            update_digest(digest, value)
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()

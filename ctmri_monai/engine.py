@@ -24,14 +24,10 @@ from torch.optim import Optimizer
 from ctmri_monai.amp import autocast, autocast_dtype, grad_scaler
 from ctmri_monai.distributed import unwrap
 from ctmri_monai.losses import AdversarialLoss
+from ctmri_monai.metrics.ignite_metrics import lower_is_better
 from ctmri_monai.pool import ImagePool
 
 LOSS_KEYS = ("loss_G", "loss_G_adv", "loss_cycle", "loss_idt", "loss_D_ct", "loss_D_mri")
-
-
-def lower_is_better(current: float, best: float) -> bool:
-    """Metric comparison for distances such as FID, for MONAI's ``metric_cmp_fn``."""
-    return current < best
 
 
 def _to_device(batch: dict, device: torch.device, non_blocking: bool, channels_last: bool) -> dict:
@@ -97,7 +93,6 @@ class CycleGANTrainer(Trainer):
         super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
                          epoch_length=epoch_length, non_blocking=non_blocking, iteration_update=iteration_update,
                          handlers=train_handlers, amp=False, decollate=False)
-        self.use_amp = self.amp_dtype is not None
         if channels_last:
             for net in self.networks():
                 net.to(memory_format=torch.channels_last)

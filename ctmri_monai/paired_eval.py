@@ -23,8 +23,6 @@ from ctmri_monai.data import split_train_val
 from ctmri_monai.metrics.paired import CT_DATA_RANGE, CT_HU_RANGE, paired_metrics
 from ctmri_monai.transforms import mri_to_unit
 
-DIRECTION_KEYS = ("ct2mri", "mri2ct")
-
 
 def held_out_volume_pairs(dataset_dir: str | Path, val_fraction: float = 0.1, seed: int = 0) -> list[tuple[Path, Path]]:
     """(CT, MRI) NIfTI pairs sharing a file name under ``volumes/``, restricted to held-out subjects.

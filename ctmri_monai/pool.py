@@ -31,7 +31,7 @@ class ImagePool:
                 out.append(image)
             elif self.rng.random() > 0.5:
                 index = self.rng.randrange(self.pool_size)
-                out.append(self.images[index].clone())
+                out.append(self.images[index])  # leaves the pool on the next line: no copy needed
                 self.images[index] = image.clone()
             else:
                 out.append(image)

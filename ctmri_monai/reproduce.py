@@ -291,7 +291,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
 
 def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     """Train and evaluate every backbone of ``cfg``; write ``table.md`` and ``results.json``; return the report."""
-    from ctmri_monai.results import write_json_atomic
+    from ctmri_monai.results import write_json_atomic, write_text_atomic
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,9 +307,7 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
               "reduced": bool(reasons),
               "reduced_reasons": reasons, "rows": rows}
     write_json_atomic(report, out / "results.json")
-    tmp = out / f".table.md.tmp-{os.getpid()}"
-    tmp.write_text(markdown_report(report))
-    os.replace(tmp, out / "table.md")
+    write_text_atomic(markdown_report(report), out / "table.md")
     return report
 
 

@@ -42,8 +42,9 @@ class TranslationSaver:
         for direction, fake, valid, paths in (("ct2mri", out["fake_mri"], out["ct_valid"], out.get("ct_path")),
                                               ("mri2ct", out["fake_ct"], out["mri_valid"], out.get("mri_path"))):
             names = _names(paths, n, direction, self.count)
+            fake, keep = fake.detach().float().cpu(), torch.as_tensor(valid).tolist()  # one copy per batch
             for i in range(n):
-                if bool(valid[i]):
+                if keep[i]:
                     save_png(to_uint8(fake[i]), self.output_dir / direction / f"{names[i]}.png")
         self.count += n
 
@@ -56,17 +57,22 @@ def _json_default(value: Any) -> Any:
         return str(value)
 
 
-def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON to a temporary name and rename it: a reader never sees half a file."""
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to a temporary name and rename it: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON with `write_text_atomic`."""
+    return write_text_atomic(json.dumps(data, indent=2, default=_json_default) + "\n", path)
 
 
 def markdown_table(rows: list[Mapping[str, Any]], fields: tuple[str, ...]) -> str:
@@ -107,8 +113,10 @@ class ResultsWriter:
         self.start, self.n_ct, self.n_mri = time.perf_counter(), 0, 0
 
     def _count(self, engine: Engine) -> None:
-        self.n_ct += int(torch.as_tensor(engine.state.output["ct_valid"]).sum())
-        self.n_mri += int(torch.as_tensor(engine.state.output["mri_valid"]).sum())
+        out = engine.state.output
+        n_ct, n_mri = torch.stack([torch.as_tensor(out["ct_valid"]).sum(), torch.as_tensor(out["mri_valid"]).sum()
+                                   ]).tolist()
+        self.n_ct, self.n_mri = self.n_ct + n_ct, self.n_mri + n_mri
 
     def _write(self, engine: Engine) -> None:
         metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
@@ -118,6 +126,4 @@ class ResultsWriter:
                     "seconds": round(time.perf_counter() - self.start, 1), **self.extra}
         write_json_atomic(self.row, self.output_dir / "results.json")
         fields = TABLE_FIELDS + tuple(k for k in self.row if k not in TABLE_FIELDS)
-        tmp = self.output_dir / f".results.md.tmp-{os.getpid()}"
-        tmp.write_text(markdown_table([self.row], fields))
-        os.replace(tmp, self.output_dir / "results.md")
+        write_text_atomic(markdown_table([self.row], fields), self.output_dir / "results.md")

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ctmri_monai.benchmarking import machine_info, write_json
+from ctmri_monai.benchmarking import machine_info, synchronize, write_json
 from ctmri_monai.metrics import InceptionFeatures, RandomFeatures, frechet_distance, kernel_inception_distance
 
 
@@ -25,12 +25,10 @@ def measure(images: int, device: str, batch: int, features: str, size: int) -> d
     gen = torch.Generator().manual_seed(0)
     sets = [torch.rand(images, 1, size, size, generator=gen) * 2 - 1 for _ in range(2)]
     net(sets[0][:2])  # warm-up: lazy initialisation, cuDNN autotuning
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    synchronize(torch.device(device))
     t0 = time.perf_counter()
     feats = [torch.cat([net(chunk) for chunk in torch.split(s, batch)]).cpu() for s in sets]
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    synchronize(torch.device(device))
     t_features = time.perf_counter() - t0
     t0 = time.perf_counter()
     fid = frechet_distance(*feats)

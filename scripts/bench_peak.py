@@ -10,13 +10,12 @@ fp32 on the CPU; fp32 (TF32 off), TF32 and bf16 on CUDA.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
 
-from ctmri_monai.benchmarking import machine_info, resolve_device, synchronize
+from ctmri_monai.benchmarking import machine_info, resolve_device, synchronize, write_json
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
@@ -60,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"| {row['dtype']} | {row['tflops']:.4g} |")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"machine": machine, "size": size, "repeats": repeats, "results": rows}, fh, indent=2)
+        write_json({"machine": machine, "size": size, "repeats": repeats, "results": rows}, args.json)
     return 0
 
 

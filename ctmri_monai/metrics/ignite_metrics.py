@@ -24,6 +24,8 @@ from ignite.metrics import Metric, MetricsLambda
 from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
 
+from ctmri_monai.distributed import update_digest
+
 from .features import module_device
 from .frechet import frechet_distance, kernel_inception_distance
 
@@ -96,10 +98,7 @@ def _content_key(images: Any, valid: Any) -> str:
         if value is None:
             digest.update(b"none")
             continue
-        t = torch.as_tensor(value).detach()
-        t = t.as_subclass(torch.Tensor).to("cpu").contiguous()
-        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        update_digest(digest, torch.as_tensor(value))
     return digest.hexdigest()
 
 
