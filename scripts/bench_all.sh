@@ -20,7 +20,7 @@ fi
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     convert_args=()              # CUDA defaults: 256 slices, batch 64, 5 passes
 else
-    convert_args=(--slices 16)   # a 2-core CPU takes ~2 s per ResNet-9 slice at 256 x 256
+    convert_args=(--slices 16)   # a 2-core CPU takes about 1 s per ResNet-9 slice at 256 x 256
 fi
 run() {  # name, command...
     local name=$1; shift

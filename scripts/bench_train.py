@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = dict(QUICK if args.quick else FULL)
     if args.image_size:
         spec["image_size"] = args.image_size
-    # a full-size CPU iteration takes about a minute (ResNet-9) on 2 cores: one timed iteration, no warm-up
+    # a full-size CPU iteration takes 19-21 s (ResNet-9) on 2 cores: one timed iteration, no warm-up
     iterations = args.iterations or (3 if args.quick else 50 if cuda else 1)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10 if cuda else 0)
     batch_sizes = args.engine_batch_sizes or ([1, 8] if cuda and not args.quick else [1])

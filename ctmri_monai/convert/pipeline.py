@@ -62,9 +62,11 @@ class InPlaneSpacingd(MapTransform, InvertibleTransform):
     """Resample the two in-plane axes to ``pixdim`` mm, slice axis untouched; MONAI-invertible.
 
     After ``Orientation`` the in-plane resampling is a per-axis scaling in voxel space, so it is done with
-    MONAI's ``Resize`` (separable interpolation) instead of ``Spacing`` (a full 3D sampling grid): the same
-    result up to rounding the new size, ``round(size * spacing / pixdim)`` (spacing then equals ``pixdim``
-    within half a pixel over the field of view), and about 20 times faster on a 512 x 512 x 400 CT.
+    MONAI's ``Resize`` (separable interpolation) instead of ``Spacing`` (a full 3D sampling grid), which is much
+    cheaper. The new size is ``round(size * spacing / pixdim)``, so the spacing equals ``pixdim`` within half a
+    pixel over the field of view. It is not identical to ``Spacing`` (used for training volumes): Resize keeps
+    the field of view, so its grid can sit a fraction of a pixel away from Spacing's, and interpolated values
+    differ slightly.
     ``inverse`` is MONAI's ``Resize.inverse``, driven by the operation recorded in ``applied_operations``.
     """
 
