@@ -26,14 +26,13 @@ from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 from torch import nn
 
 from ctmri_monai import DIRECTIONS
+from ctmri_monai.io.atomic import atomic_write, remove_stale_temporaries
+from ctmri_monai.io.errors import CtmriError
+from ctmri_monai.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-SPEC_KEYS = ("backbone", "ngf", "n_blocks", "num_downs", "in_channels", "out_channels", "image_size",
-             "ct_window", "mri_percentiles", "pixdim")
-
-
-class CheckpointError(ValueError):
+class CheckpointError(CtmriError):
     """A checkpoint file that cannot be used: missing, truncated, unsafe, or of another model."""
 
 
@@ -41,51 +40,10 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that holds pickled objects other than tensors and plain data (it could run code)."""
 
 
-class ModelSpec:
-    """The architecture and preprocessing a checkpoint was trained with; saved beside the weights."""
-
-    def __init__(self, backbone: str = "resnet", ngf: int = 64, n_blocks: int = 9, num_downs: int = 8,
-                 in_channels: int = 1, out_channels: int = 1, image_size: int = 256,
-                 ct_window: tuple[float, float] = (-1000.0, 1000.0),
-                 mri_percentiles: tuple[float, float] = (0.5, 99.5),
-                 pixdim: tuple[float, float] = (1.0, 1.0)) -> None:
-        self.values: dict[str, Any] = {
-            "backbone": str(backbone), "ngf": int(ngf), "n_blocks": int(n_blocks), "num_downs": int(num_downs),
-            "in_channels": int(in_channels), "out_channels": int(out_channels), "image_size": int(image_size),
-            "ct_window": [float(v) for v in ct_window], "mri_percentiles": [float(v) for v in mri_percentiles],
-            "pixdim": [float(v) for v in pixdim],
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.values)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.values.update({k: state[k] for k in SPEC_KEYS if k in state})
-
-    def generator_kwargs(self) -> dict[str, Any]:
-        keys = ("backbone", "in_channels", "out_channels", "ngf", "n_blocks", "num_downs")
-        return {k: self.values[k] for k in keys}
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """``torch.save`` through the one atomic writer, flushed to disk (file and folder) before the rename."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
+    os.chmod(path, 0o644)
 
 
 class AtomicDiskSaver(DiskSaver):
@@ -106,27 +64,6 @@ class AtomicDiskSaver(DiskSaver):
         path = Path(self.dirname) / (self.filename or filename)
         if path.exists():
             path.unlink()
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the ``.<name>.tmp-<pid>`` files ``atomic_torch_save`` leaves when its process is killed while
-    writing (the pid no longer runs); returns what was removed."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp-*"):
-        pid = tmp.name.rsplit(".tmp-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # its writer still runs
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-        logger.warning("removed %s, left by a run killed while saving", tmp)
-    return removed
 
 
 class CheckpointSaver(MonaiCheckpointSaver):
@@ -200,9 +137,13 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; one clear ``CheckpointError`` naming the file otherwise."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    missing_ok: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; one clear ``CheckpointError`` naming the file otherwise.
+    ``missing_ok``: a file that does not exist yet gives ``{}`` (configs built before any training)."""
     path = Path(path)
+    if missing_ok and not path.exists():
+        return {}
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.stat().st_size == 0:
@@ -228,6 +169,12 @@ def _check_direction(direction: str) -> None:
         raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
 
 
+def _trained_as(spec: ModelSpec) -> str:
+    n = spec.network
+    return (f"backbone={n.backbone}, ngf={n.ngf}, in/out channels {n.in_channels}/{n.out_channels}, "
+            f"image_size={spec.geometry.image_size}")
+
+
 def load_generator_weights(net: nn.Module, path: str | os.PathLike, direction: str,
                            data: Mapping[str, Any] | None = None) -> nn.Module:
     """Load the ``generator_<direction>`` weights of a checkpoint into ``net``; returns ``net`` in eval mode."""
@@ -236,41 +183,42 @@ def load_generator_weights(net: nn.Module, path: str | os.PathLike, direction: s
     key = f"generator_{direction}"
     if key not in data:
         raise CheckpointError(f"{path}: has no '{key}' entry (found: {', '.join(sorted(data)) or 'nothing'})")
-    spec = ModelSpec()
-    spec.load_state_dict(data.get("model_spec", {}))
     try:
         net.load_state_dict(data[key])
     except RuntimeError as err:
-        v = spec.values
+        spec = ModelSpec.from_state(data.get("model_spec"))
         raise CheckpointError(f"{path}: '{key}' does not fit the requested {type(net).__name__}; the checkpoint was "
-                              f"trained as backbone={v['backbone']}, ngf={v['ngf']}, in/out channels "
-                              f"{v['in_channels']}/{v['out_channels']} ({str(err).splitlines()[0]})") from err
+                              f"trained as {_trained_as(spec)} ({str(err).splitlines()[0]})") from err
     return net.eval()
 
 
-def load_generator(path: str | os.PathLike, direction: str, device: str | torch.device = "cpu",
-                   spec_overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the generator of ``direction`` ("ct2mri" or "mri2ct") from a checkpoint, in eval mode.
-
-    Returns the module and an info dict: "model_spec", "sha256", "file", "direction".
-    """
+def generator_from(data: Mapping[str, Any], direction: str, path: str | os.PathLike = "checkpoint",
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """The generator of ``direction`` built and loaded from already loaded checkpoint ``data`` (from ``path``)."""
     from ctmri_monai.networks import define_generator
 
     _check_direction(direction)
+    net = define_generator(**ModelSpec.from_state(data.get("model_spec")).generator_kwargs())
+    return load_generator_weights(net, path, direction, data).to(device)
+
+
+def load_generator(path: str | os.PathLike, direction: str,
+                   device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the generator of ``direction`` ("ct2mri" or "mri2ct") from a checkpoint, in eval mode.
+
+    Returns the module and its `model_info` (file, SHA-256, direction, and the `ModelSpec` under "spec").
+    """
     data = load_checkpoint(path, map_location="cpu")
-    spec = ModelSpec()
-    spec.load_state_dict(data.get("model_spec", {}))
-    if spec_overrides:
-        spec.load_state_dict(spec_overrides)
-    net = define_generator(**spec.generator_kwargs())
-    load_generator_weights(net, path, direction, data)
-    return net.to(device), model_info(path, direction, spec.state_dict())
+    net = generator_from(data, direction, path, device)
+    return net, model_info(path, direction, ModelSpec.from_state(data.get("model_spec")))
 
 
-def model_info(path: str | os.PathLike, direction: str, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What outputs record about the model: checkpoint file, its SHA-256, direction and model_spec."""
-    spec = read_model_spec(path) if spec is None else dict(spec)
-    return {"model_spec": spec, "sha256": file_sha256(path), "file": str(path), "direction": direction}
+def model_info(path: str | os.PathLike, direction: str, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """What outputs record about the model: checkpoint file, its SHA-256, direction, and its contract ("spec": the
+    `ModelSpec`; "model_spec": the same as plain data)."""
+    spec = read_model_spec(path) if spec is None else spec
+    return {"spec": spec, "model_spec": spec.state_dict(), "sha256": file_sha256(path), "file": str(path),
+            "direction": direction}
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
@@ -325,9 +273,7 @@ class ResumeHandler:
         try:
             CheckpointLoader(str(path), self.load_dict, map_location=self.map_location)(engine)
         except (RuntimeError, KeyError, ValueError) as err:
-            spec = ModelSpec()
-            spec.load_state_dict(load_checkpoint(path).get("model_spec", {}))
-            trained = ", ".join(f"{k}={spec.values[k]}" for k in ("backbone", "ngf", "in_channels", "image_size"))
+            trained = _trained_as(ModelSpec.from_state(load_checkpoint(path).get("model_spec")))
             raise CheckpointError(
                 f"{path}: cannot resume from it ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); "
                 f"it was trained with {trained}. Train with the same settings, into a new output_dir, or with "
@@ -336,18 +282,18 @@ class ResumeHandler:
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
 
 
-__all__ = ["AtomicDiskSaver", "Checkpoint", "CheckpointError", "CheckpointSaver", "ModelSpec", "ResumeHandler",
+__all__ = ["AtomicDiskSaver", "Checkpoint", "CheckpointError", "CheckpointSaver", "ResumeHandler",
            "UnsafeCheckpointError", "atomic_torch_save", "file_sha256", "latest_checkpoint", "load_checkpoint",
-           "load_generator", "load_generator_weights", "model_info", "read_model_spec", "remove_stale_temporaries"]
+           "generator_from", "load_generator", "load_generator_weights", "model_info", "read_model_spec",
+           "remove_stale_temporaries"]
 
 
-def read_model_spec(path: str | os.PathLike, missing_ok: bool = False) -> dict[str, Any]:
-    """The ``model_spec`` a checkpoint was trained with (defaults for entries it lacks).
+def read_model_spec(path: str | os.PathLike, missing_ok: bool = False) -> ModelSpec:
+    """The `ModelSpec` a checkpoint was trained with (a version-1 spec converted, see `ModelSpec.from_state`).
 
     ``missing_ok``: a checkpoint file that does not exist yet gives the defaults (for building a network
     definition before any training, e.g. ``verify_net_in_out``); a corrupt one still raises.
     """
-    spec = ModelSpec()
-    if not (missing_ok and not Path(path).exists()):
-        spec.load_state_dict(load_checkpoint(path).get("model_spec", {}))
-    return spec.state_dict()
+    if missing_ok and not Path(path).exists():
+        return ModelSpec()
+    return ModelSpec.from_state(load_checkpoint(path).get("model_spec"))

@@ -17,10 +17,11 @@ from ctmri_monai.bundle_paths import run_bundle
 
 logger = logging.getLogger(__name__)
 
-# Phantom slices are 96 x 96 at 2 mm; "fit" scales them to 64 x 64, i.e. 3 mm pixels, which conversion reuses.
+# Phantom slices are 96 x 96 PNGs at 2 mm (the phantoms' dataset.json says so, with their CT window): "fit" scales
+# them to 64 x 64, i.e. 3 mm pixels, and the model's contract records both, so conversion does the same to volumes.
 DEMO_CONFIG: dict[str, Any] = {
     "image_size": 64, "ngf": 16, "ndf": 16, "n_blocks": 6, "batch_size": 4, "num_workers": 0,
-    "n_epochs": 50, "n_epochs_decay": 50, "pixdim": [3.0, 3.0], "eval_batch_size": 16, "kid_subset_size": 32,
+    "n_epochs": 50, "n_epochs_decay": 50, "eval_batch_size": 16, "kid_subset_size": 32,
     "val_interval": 1_000_000, "sample_interval": 1, "save_interval": 1, "n_saved": 2,
 }
 

@@ -29,6 +29,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ctmri_monai.data.card import write_card
+from ctmri_monai.io.images import unit_to_uint8
+from ctmri_monai.spec import window_from_level_width
+from ctmri_monai.transforms.intensity import ct_to_unit, mri_range, mri_to_unit
+
 __all__ = [
     "LABELS",
     "CT_PNG_WINDOW",
@@ -61,6 +66,8 @@ _L = LABELS
 #: (level, width) in HU of the 8-bit CT PNGs: a brain window like the Kaggle / CT-ICH PNGs the project trains
 #: on (brain grey levels ~100-150, CSF dark, skull saturated white, air and fat black).
 CT_PNG_WINDOW: tuple[float, float] = (40.0, 120.0)
+#: Foreground percentiles mapped to 0 and 255 in the MRI PNGs (the contract's MRI normalisation).
+MRI_PNG_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
 _HU_MIN, _HU_MAX = -1024, 3071
 _DICOM_INTERCEPT = -1024
@@ -376,16 +383,14 @@ def radiological_stack(volume: np.ndarray) -> np.ndarray:
 
 
 def ct_to_png(hu: np.ndarray, window: tuple[float, float] = CT_PNG_WINDOW) -> np.ndarray:
-    """HU -> uint8 with a (level, width) window, clipped."""
-    level, width = window
-    x = (hu.astype(np.float32) - (level - width / 2.0)) / width * 255.0
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    """HU -> uint8 through a (level, width) window: the contract's CT mapping, then the one 8-bit mapping."""
+    return unit_to_uint8(ct_to_unit(hu, window_from_level_width(*window)))
 
 
 def mri_to_png(mri: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """MRI -> uint8 mapping ``lo`` -> 0 and ``hi`` -> 255, clipped."""
-    x = (mri.astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255.0
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    """MRI -> uint8 with ``lo`` -> 0 and ``hi`` -> 255: the contract's MRI mapping (``lo``, ``hi``: the volume's
+    foreground percentiles, `mri_range`), then the one 8-bit mapping."""
+    return unit_to_uint8(mri_to_unit(mri, lo, hi))
 
 
 # ------------------------------------------------------------------------------------------------ writers
@@ -633,7 +638,7 @@ def make_phantoms(output_dir: str | os.PathLike[str], subjects: int = 8, seed: i
                 result["dicom_files"] += ph.ct.shape[2]
                 result["dicom_series"].append(str(series_dir))
 
-            lo, hi = (float(x) for x in np.percentile(ph.mri, [0.5, 99.5]))
+            lo, hi = mri_range(ph.mri, MRI_PNG_PERCENTILES)
             head_fraction = (ph.labels > 0).mean(axis=(0, 1))
             slices = [int(z) for z in np.flatnonzero(head_fraction >= min_head_fraction)]
             names = [f"{ph.name}_z{z:03d}.png" for z in slices]
@@ -653,6 +658,10 @@ def make_phantoms(output_dir: str | os.PathLike[str], subjects: int = 8, seed: i
             for job in jobs:
                 job.result()
 
+    write_card(out, "ctmri-phantoms", "Synthetic paired brain CT / T1-like MRI head phantoms of ctmri-monai "
+               "(not acquisitions)", ct_png_window, pixel_spacing_mm=float(spacing[0]) if spacing[0] == spacing[1]
+               else None, mri_percentiles=MRI_PNG_PERCENTILES, reference="ctmri_monai.phantoms", licence="Apache-2.0")
+    result["card"] = str(out / "dataset.json")
     manifest = {**result, "subject_details": details}
     _atomic_write(out / "phantoms.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     result["manifest"] = str(out / "phantoms.json")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctmri_monai.data import build_unpaired_dataset
+from ctmri_monai.data import build_unpaired_dataset, spec_for_dataset
 from ctmri_monai.visualize import image_grid, save_png
 
 
@@ -18,14 +18,16 @@ def spread_indices(n_items: int, count: int) -> list[int]:
 
 
 def preview_grid(dataset_dir: str | Path, image_size: int = 256, size_policy: str = "fit", per_domain: int = 16,
-                 columns: int = 4, gap: int = 8, val_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+                 columns: int = 4, gap: int = 8, val_fraction: float = 0.1, seed: int = 0,
+                 dataset_card: str | Path | None = None) -> np.ndarray:
     """Two blocks of ``per_domain`` preprocessed training images (CT left, MRI right) as a uint8 image.
 
-    The images go through the bundle's 2D training pipeline (gray, [-1, 1], size policy) without random flips or
-    random crops (``training=False``), from the training split the bundle uses (``val_fraction``, ``seed``).
+    The images go through the model's training pipeline (the contract `spec_for_dataset` builds for this dataset)
+    without random flips or random crops (``training=False``), from the training split the bundle uses.
     """
-    dataset = build_unpaired_dataset(dataset_dir, split="train", image_size=image_size, size_policy=size_policy,
-                                     training=False, val_fraction=val_fraction, seed=seed)
+    spec = spec_for_dataset(dataset_dir, dataset_card=dataset_card, image_size=image_size, size_policy=size_policy)
+    dataset = build_unpaired_dataset(dataset_dir, spec, split="train", training=False, val_fraction=val_fraction,
+                                     seed=seed, dataset_card=dataset_card)
     blocks = []
     for domain in (dataset.ct, dataset.mri):
         tiles = [domain[i] for i in spread_indices(len(domain), per_domain)]

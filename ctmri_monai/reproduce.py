@@ -34,7 +34,8 @@ PAPER: dict[str, dict[str, Any]] = {
 }
 BACKBONES = tuple(PAPER)
 # Keys that evaluate.yaml takes from the checkpoint's model_spec: never passed to the evaluation run.
-CHECKPOINT_KEYS = frozenset({"backbone", "ngf", "image_size", "ct_window", "mri_percentiles", "pixdim"})
+CHECKPOINT_KEYS = frozenset({"backbone", "ngf", "n_blocks", "num_downs", "image_size", "size_policy", "ct_window",
+                             "mri_percentiles", "pixdim", "context_slices", "layout"})
 # Keys that only make sense for training: not passed to the evaluation run either.
 TRAIN_ONLY_KEYS = frozenset({"budget_minutes", "resume", "batch_size", "ndf", "n_blocks", "num_downs", "n_epochs",
                              "n_epochs_decay", "lr"})
@@ -137,14 +138,15 @@ def training_throughput(tensorboard_dir: Path, tag: str = "loss_G") -> tuple[int
 def checkpoint_summary(path: Path) -> dict[str, Any]:
     """Epochs and iterations done, planned epochs, and the generators' LR factor at the last iteration."""
     from ctmri_monai.checkpoint import load_checkpoint
+    from ctmri_monai.spec import ModelSpec
 
     data = load_checkpoint(path)
-    trainer, spec = data.get("trainer", {}), data.get("model_spec", {})
+    trainer, network = data.get("trainer", {}), ModelSpec.from_state(data.get("model_spec")).network
     iterations, epoch_length = int(trainer.get("iteration", 0)), int(trainer.get("epoch_length") or 1)
     summary: dict[str, Any] = {
         "iterations": iterations, "epoch_length": epoch_length, "epochs": round(iterations / epoch_length, 2),
         "planned_epochs": int(trainer.get("max_epochs", 0)),
-        "n_blocks": spec.get("n_blocks"), "num_downs": spec.get("num_downs"),
+        "n_blocks": network.n_blocks, "num_downs": network.num_downs,
     }
     sched = data.get("g_scheduler", {})
     rule = (sched.get("lr_lambdas") or [None])[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from ctmri_monai.io.atomic import atomic_write_json, atomic_write_text
 from ctmri_monai.networks import count_parameters
 from ctmri_monai.visualize import save_png, to_uint8
 
@@ -49,30 +49,14 @@ class TranslationSaver:
         self.count += n
 
 
-def _json_default(value: Any) -> Any:
-    """Numbers that JSON does not know (NumPy / torch scalars) as floats; anything else as text."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    """Write ``text`` to a temporary name and rename it: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``text`` atomically (the one atomic writer; kept for its argument order)."""
+    return atomic_write_text(path, text)
 
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON with `write_text_atomic`."""
-    return write_text_atomic(json.dumps(data, indent=2, default=_json_default) + "\n", path)
+    """Write ``data`` as indented JSON atomically."""
+    return atomic_write_json(path, data)
 
 
 def markdown_table(rows: list[Mapping[str, Any]], fields: tuple[str, ...]) -> str:
@@ -91,15 +75,14 @@ class ResultsWriter:
     """On evaluation end, write ``results.json`` and ``results.md`` with the paper's table fields and more.
 
     Fields: backbone, FID and KID both ways, generator parameters (M, one generator), test images per domain,
-    seconds, plus every other metric the evaluator computed, ``paired_metrics`` (MAE/PSNR/SSIM on held-out
-    volume pairs, see ``ctmri_monai.paired_eval``) and ``extra`` items.
+    seconds, plus every other metric in the engine's state (paired MAE/PSNR/SSIM that a `PairedMetricsHandler`
+    attached before this one added) and ``extra`` items.
     """
 
-    def __init__(self, output_dir: str, backbone: str, generator: nn.Module, extra: Mapping[str, Any] | None = None,
-                 paired_metrics: Mapping[str, Any] | None = None):
+    def __init__(self, output_dir: str, backbone: str, generator: nn.Module, extra: Mapping[str, Any] | None = None):
         self.output_dir = Path(output_dir)
         self.backbone, self.generator = backbone, generator
-        self.extra = dict(paired_metrics or {}) | dict(extra or {})
+        self.extra = dict(extra or {})
         self.start = 0.0
         self.n_ct = self.n_mri = 0
         self.row: dict[str, Any] = {}

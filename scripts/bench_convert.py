@@ -58,7 +58,7 @@ def build_generator(args: argparse.Namespace, spec: dict[str, Any], device: torc
         from ctmri_monai.checkpoint import load_generator
 
         net, info = load_generator(args.checkpoint, "ct2mri", device)
-        return net, f"{args.checkpoint} ({info['model_spec']['backbone']})"
+        return net, f"{args.checkpoint} ({info['spec'].network.backbone})"
     from ctmri_monai.networks import define_generator
 
     torch.manual_seed(0)
@@ -67,13 +67,19 @@ def build_generator(args: argparse.Namespace, spec: dict[str, Any], device: torc
     return net.to(device).eval(), f"{name}, random weights"
 
 
+def contract(image_size: int) -> Any:
+    """A volumes-trained model's contract at 1 mm: the phantom volume needs no resampling."""
+    from ctmri_monai.spec import ModelSpec, SliceGeometry
+
+    return ModelSpec(geometry=SliceGeometry(image_size=image_size, pixdim=(1.0, 1.0)))
+
+
 def preprocessed_slices(path: Path, image_size: int, device: torch.device) -> torch.Tensor:
     """The conversion's own preprocessing of ``path``, as (D, 1, S, S) slices on ``device``."""
-    from ctmri_monai.convert.io import load_volume
-    from ctmri_monai.convert.pipeline import build_preprocess
+    from ctmri_monai.io import load_volume
+    from ctmri_monai.transforms import volume_pipeline
 
-    forward, _ = build_preprocess("ct", image_size)
-    x = forward({"image": load_volume(path).image})["image"]
+    x = volume_pipeline(contract(image_size), "ct")({"image": load_volume(path).image})["image"]
     return x.as_tensor()[0].permute(2, 0, 1).unsqueeze(1).contiguous().to(device)
 
 
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         flops_per_slice = int(flops.total or 0)
 
         def run_e2e(i: int) -> dict[str, Any]:
-            return convert_volume(volume, Path(tmp) / f"out{i}.nii.gz", net, "ct", "mri", image_size=size,
+            return convert_volume(volume, Path(tmp) / f"out{i}.nii.gz", net, contract(size), "ct", "mri",
                                   batch_size=batch, device=device, amp=args.amp)
 
         run_e2e(-1)  # warm-up: first calls, allocator, cuDNN autotuning

@@ -159,7 +159,7 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
         from ignite.engine import Events
 
         from ctmri_monai.amp import autocast_dtype
-        from ctmri_monai.engine import CycleGANTrainer
+        from ctmri_monai.engines import CycleGANTrainer
         from ctmri_monai.pool import ImagePool
         from ctmri_monai.speed import configure_backends, maybe_compile
 
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         row["peak_memory_mib"] = row["peak_memory_bytes"] / 2**20
         row["gflops_per_iteration"] = row["flops_per_iteration"] / 1e9
     notes = [
-        "baseline: plain fp32 PyTorch loop in this script, batch 1, NCHW; engine: ctmri_monai.engine.CycleGANTrainer",
+        "baseline: plain fp32 PyTorch loop in this script, batch 1, NCHW; engine: ctmri_monai.engines.CycleGANTrainer",
         "same networks, losses, pools and Adam; both read pre-made batches already on the device (loading not timed)",
         "FLOPs: torch.utils.flop_counter (matmul/conv, forward + backward, 2 per multiply-add) of one batch-1 "
         "baseline iteration on the meta device, times the batch size; flops_per_iteration_measured: the same "

@@ -90,12 +90,13 @@ def run(n: int = 200, shape: tuple[int, int, int] = (48, 48, 16), image_size: in
         output_dir: str | os.PathLike | None = None, batch_size: int = 16) -> dict[str, Any]:
     """Make the volumes, convert them in one batch, return the figures."""
     from ctmri_monai.convert import run_batch
+    from ctmri_monai.spec import ModelSpec, SliceGeometry
 
     work = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="load_convert_"))
     inputs = make_volumes(work / "inputs", n, shape)
     generator = IdentityishGenerator().eval()
-    info = {"file": "identityish.pt", "sha256": "0" * 64, "model_spec": {"image_size": image_size,
-                                                                       "pixdim": [1.0, 1.0]}}
+    info = {"file": "identityish.pt", "sha256": "0" * 64,
+            "spec": ModelSpec(geometry=SliceGeometry(image_size=image_size, pixdim=(1.0, 1.0)))}
     samples: list[float] = []
     statuses: list[str] = []
 

@@ -21,9 +21,10 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--size-policy", choices=("fit", "crop", "resize_crop"), default="fit")
     parser.add_argument("--per-domain", type=int, default=16)
+    parser.add_argument("--dataset-card", default=None, help="dataset.json (default: DIR/dataset.json if present)")
     args = parser.parse_args()
     path = save_preview(args.dataset_dir, args.output, image_size=args.image_size, size_policy=args.size_policy,
-                        per_domain=args.per_domain)
+                        per_domain=args.per_domain, dataset_card=args.dataset_card)
     print(f"wrote {path}")
     return 0
 

@@ -16,6 +16,7 @@ CONFIGS = REPO / "bundle" / "configs"
 TINY_OVERRIDES = {
     "image_size": 32, "ngf": 4, "ndf": 4, "n_blocks": 1, "num_downs": 5, "batch_size": 8, "num_workers": 0,
     "fid_features": "random", "kid_subset_size": 8, "eval_batch_size": 16, "pixdim": "[6.0,6.0]",
+    "progress_bar": False, "log_interval": 1,
 }
 
 
@@ -48,15 +49,25 @@ def run_bundle_cli(configs: list[str], timeout: float = 300, **overrides: object
                           env=env, cwd=REPO)
 
 
+def make_spec(image_size: int = 32, pixdim: tuple[float, float] | None = (1.0, 1.0),
+              window: tuple[float, float] | None = (-1000.0, 1000.0), framing: str = "spacing", **kwargs: object):
+    """A volumes-layout contract for tests: HU ``window``, in-plane ``pixdim`` mm, ``image_size`` frames."""
+    from ctmri_monai.spec import CTIntensity, ModelSpec, NetworkSpec, SliceGeometry
+
+    network = NetworkSpec(backbone="resnet", ngf=4, n_blocks=1, num_downs=5)
+    return ModelSpec(network=network, ct=CTIntensity(window=window),
+                     geometry=SliceGeometry(image_size=image_size, framing=framing, pixdim=pixdim), **kwargs)
+
+
 def write_tiny_checkpoint(path: Path, image_size: int = 32, pixdim: tuple[float, float] = (6.0, 6.0)) -> Path:
     """A checkpoint of two tiny untrained ResNet generators with its model_spec, as training writes it."""
     import torch
 
-    from ctmri_monai.checkpoint import ModelSpec, atomic_torch_save
+    from ctmri_monai.checkpoint import atomic_torch_save
     from ctmri_monai.networks import define_generator
 
     torch.manual_seed(0)
-    spec = ModelSpec(backbone="resnet", ngf=4, n_blocks=1, num_downs=5, image_size=image_size, pixdim=pixdim)
+    spec = make_spec(image_size, pixdim)
     data = {f"generator_{d}": define_generator(**spec.generator_kwargs()).state_dict() for d in ("ct2mri", "mri2ct")}
     atomic_torch_save(data | {"model_spec": spec.state_dict()}, path)
     return path

@@ -25,27 +25,26 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, make_spec
 from pydicom.encaps import encapsulate
 from test_convert import Identity, head_hu, leftovers, save_nifti, write_ct_series
 
 from ctmri_monai.checkpoint import (
     CheckpointError,
-    ModelSpec,
     ResumeHandler,
     UnsafeCheckpointError,
     atomic_torch_save,
     latest_checkpoint,
     load_checkpoint,
-    load_generator,
+    load_generator_weights,
 )
-from ctmri_monai.convert import ConversionError, add_convert_arguments, convert_volume, main_convert, run_batch
-from ctmri_monai.convert.io import VolumeTooLargeError, select_dicom_series
-from ctmri_monai.data import build_unpaired_dataset
+from ctmri_monai.convert import add_convert_arguments, convert_volume, main_convert, run_batch
+from ctmri_monai.data import build_unpaired_dataset, spec_for_dataset
+from ctmri_monai.io import ContractError, InputError, VolumeTooLargeError, find_input_error, select_dicom_series
 from ctmri_monai.metrics.factory import build_feature_extractor
 from ctmri_monai.metrics.features import FeatureNetworkNotFoundError, InceptionFeatures
 from ctmri_monai.networks import define_generator
-from ctmri_monai.transforms import InputImageError, find_input_error
+from ctmri_monai.spec import ModelSpec, NetworkSpec, SliceGeometry
 
 S = 32
 INFO = {"file": "m.pt", "sha256": "0" * 64, "model_spec": {"image_size": S}}
@@ -190,7 +189,7 @@ def test_compressed_dicom_in_a_readable_transfer_syntax_converts(tmp_path: Path)
         ds = pydicom.dcmread(f)
         ds.compress(pydicom.uid.RLELossless)
         ds.save_as(f)
-    convert_volume(tmp_path / "rle", tmp_path / "o.nii.gz", Identity(), "ct", "ct", image_size=S)
+    convert_volume(tmp_path / "rle", tmp_path / "o.nii.gz", Identity(), make_spec(S), "ct", "ct")
     assert np.abs(np.asarray(nib.load(tmp_path / "o.nii.gz").dataobj).astype(np.int32) - hu).max() <= 1
 
 
@@ -206,13 +205,14 @@ def test_conversion_refuses_bad_input_and_the_batch_goes_on(tmp_path: Path, case
     good = save_nifti(data / "good.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
     bad = build(data)
 
-    with pytest.raises(ConversionError) as err:
-        convert_volume(bad, tmp_path / "direct.nii.gz", Identity(), image_size=S, qa_dir=tmp_path / "qa")
+    with pytest.raises(InputError) as err:
+        convert_volume(bad, tmp_path / "direct.nii.gz", Identity(), make_spec(S), qa_dir=tmp_path / "qa")
     assert str(err.value).startswith(f"{bad}: ") and re.search(problem, str(err.value)), str(err.value)
     assert not (tmp_path / "direct.nii.gz").exists() and not (tmp_path / "qa").exists()
 
     out = tmp_path / "out"
-    status = run_batch([bad, good], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+    status = run_batch([bad, good], out, "ct2mri", generator=Identity(), spec=make_spec(S),
+                       device="cpu", progress=False,
                        model_info=INFO)
     assert status == 1
     records = _records(out)
@@ -237,10 +237,10 @@ def test_training_data_refuses_bad_volume(tmp_path: Path, case: str) -> None:
         save_nifti(root / "volumes" / domain / "good.nii.gz", head_hu(GOOD_SHAPE) + 1000 * (domain == "mri"),
                    np.eye(4))
     bad = build(root / "volumes" / "ct")
-    with pytest.raises(Exception) as info:  # noqa: B017 - MONAI may wrap it: the InputImageError is checked
-        build_unpaired_dataset(root, "train", image_size=S, val_fraction=0.0)
+    with pytest.raises(Exception) as info:  # noqa: B017 - MONAI may wrap it: the InputError is checked
+        build_unpaired_dataset(root, make_spec(S), "train", val_fraction=0.0)
     err = find_input_error(info.value)
-    assert isinstance(err, InputImageError), repr(info.value)
+    assert isinstance(err, InputError), repr(info.value)
     assert str(err).startswith(f"{bad}: ") and re.search(problem, str(err)), str(err)
 
 
@@ -251,7 +251,8 @@ def test_training_accepts_a_constant_2d_image(tmp_path: Path) -> None:
     for sub, value in (("trainA", 0), ("trainB", 90)):
         (tmp_path / sub).mkdir()
         Image.fromarray(np.full((40, 40), value, np.uint8)).save(tmp_path / sub / "blank.png")
-    item = build_unpaired_dataset(tmp_path, "train", image_size=S, val_fraction=0.0, training=False)[0]
+    spec = spec_for_dataset(tmp_path, image_size=S)
+    item = build_unpaired_dataset(tmp_path, spec, "train", val_fraction=0.0, training=False)[0]
     assert item["ct"].shape == (1, S, S) and float(item["ct"].max()) < -0.99  # black: -1 (up to resampling)
 
 
@@ -260,13 +261,13 @@ def test_two_series_error_lists_them_and_series_uid_picks_one(tmp_path: Path) ->
     uids = {pydicom.dcmread(f, stop_before_pixels=True).SeriesDescription: pydicom.dcmread(f).SeriesInstanceUID
             for f in folder.iterdir()}
     out = tmp_path / "out"
-    assert run_batch([folder], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+    assert run_batch([folder], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
                      model_info=INFO) == 1
     error = _records(out)["two_series"]["error"]
     for description, uid in uids.items():
         assert f"{uid}  CT  '{description}'" in error
     assert "--series-uid" in error
-    status = run_batch([folder], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+    status = run_batch([folder], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
                        model_info=INFO, series_uid=uids["axial bone"])
     assert status == 0 and nib.load(out / "two_series_ct2mri.nii.gz").shape == (20, 18, 3)
 
@@ -286,15 +287,15 @@ def _header_only_nifti(path: Path, shape: tuple[int, ...]) -> Path:
 
 def test_too_large_volume_is_refused_from_its_header(tmp_path: Path) -> None:
     huge = _header_only_nifti(tmp_path / "huge.nii", (600, 600, 600))
-    with pytest.raises(ConversionError, match="cannot read image"):  # the data really is not there
-        convert_volume(huge, tmp_path / "o.nii.gz", Identity(), image_size=S)
+    with pytest.raises(InputError, match="cannot read image"):  # the data really is not there
+        convert_volume(huge, tmp_path / "o.nii.gz", Identity(), make_spec(S))
     with pytest.raises(VolumeTooLargeError) as err:  # so the limit was checked before reading it
-        convert_volume(huge, tmp_path / "o.nii.gz", Identity(), image_size=S, max_voxels=50_000_000)
+        convert_volume(huge, tmp_path / "o.nii.gz", Identity(), make_spec(S), max_voxels=50_000_000)
     assert str(err.value).startswith(f"{huge}: volume too large: 600x600x600 = 216,000,000 voxels (about "
                                      "0.80 GiB as float32), over the limit max_voxels=50,000,000 (about 0.19 GiB)")
     four_d = _header_only_nifti(tmp_path / "fmri.nii", (64, 64, 30, 200))
-    with pytest.raises(ConversionError, match=r"4D image \(shape \(64, 64, 30, 200\)\)"):
-        convert_volume(four_d, tmp_path / "o.nii.gz", Identity(), image_size=S)
+    with pytest.raises(InputError, match=r"4D image \(shape \(64, 64, 30, 200\)\)"):
+        convert_volume(four_d, tmp_path / "o.nii.gz", Identity(), make_spec(S))
     assert not (tmp_path / "o.nii.gz").exists()
 
 
@@ -313,7 +314,8 @@ def test_volume_over_max_voxels_fails_alone_in_a_batch(tmp_path: Path, kind: str
         big = data / "big.mha"
         sitk.WriteImage(sitk.GetImageFromArray(big_hu.transpose(2, 1, 0)), str(big))
     out = tmp_path / "out"
-    status = run_batch([big, small], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+    status = run_batch([big, small], out, "ct2mri", generator=Identity(), spec=make_spec(S),
+                       device="cpu", progress=False,
                        model_info=INFO, max_voxels=1000)
     records = _records(out)
     assert status == 1 and records["small.nii.gz"]["status"] == "ok"
@@ -335,7 +337,7 @@ def test_int32_ct_with_huge_values_is_clipped_not_wrapped(tmp_path: Path) -> Non
     hu[8:12, 8:12, :] = 1_000_000_000
     src = save_nifti(tmp_path / "ct.nii.gz", hu, np.eye(4))
     out = tmp_path / "o.nii.gz"
-    result = convert_volume(src, out, Identity(), "ct", "ct", image_size=S, ct_window=(-1000.0, 1e6))
+    result = convert_volume(src, out, Identity(), make_spec(S, window=(-1000.0, 1e6)), "ct", "ct")
     data = np.asarray(nib.load(out).dataobj)
     assert data.dtype == np.int16 and data[8:12, 8:12].min() == 32767  # clipped at the int16 top, not wrapped
     assert any("beyond any Hounsfield range" in w for w in result["warnings"])
@@ -344,16 +346,16 @@ def test_int32_ct_with_huge_values_is_clipped_not_wrapped(tmp_path: Path) -> Non
 def test_uint16_dicom_with_overflowing_slope_is_clipped_in_nifti_and_dicom_output(tmp_path: Path) -> None:
     series = tmp_path / "series"
     write_ct_series(series, head_hu(GOOD_SHAPE))
-    for f in series.iterdir():  # stored uint16 up to 65535 with slope 4: HU up to 261116
+    for f in series.iterdir():  # stored uint16 up to 65535 with slope 4, intercept -8192: HU up to 253948
         ds = pydicom.dcmread(f)
         stored = np.frombuffer(ds.PixelData, "<i2").astype(np.int32) + 1024
         stored = stored.reshape(int(ds.Rows), int(ds.Columns))
         stored[6:10, 6:10] = 65535
-        ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 0, 4, -1024
+        ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 0, 4, -8192
         ds.PixelData = np.clip(stored, 0, 65535).astype("<u2").tobytes()
         ds.save_as(f, enforce_file_format=True)
     out = tmp_path / "o.nii.gz"
-    convert_volume(series, out, Identity(), "ct", "ct", image_size=S, ct_window=(-1024.0, 300_000.0),
+    convert_volume(series, out, Identity(), make_spec(S, window=(-1024.0, 300_000.0)), "ct", "ct",
                    dicom_output_dir=tmp_path / "dicom_out")
     data = np.asarray(nib.load(out).dataobj)
     assert data.dtype == np.int16 and data[6:10, 6:10].min() == 32767 and data.min() >= -1024
@@ -381,8 +383,8 @@ def test_unwritable_output_folder(tmp_path: Path, capsys) -> None:
         (tmp_path / "blocker").write_text("a file where a folder should be")
         target = tmp_path / "blocker" / "out"
     try:
-        with pytest.raises(ConversionError) as err:
-            convert_volume(src, target / "ct_ct2mri.nii.gz", Identity(), image_size=S, qa_dir=target / "qa")
+        with pytest.raises(InputError) as err:
+            convert_volume(src, target / "ct_ct2mri.nii.gz", Identity(), make_spec(S), qa_dir=target / "qa")
         assert str(err.value).startswith(f"{target}")
         assert "cannot write output" in str(err.value) and "nothing was written" in str(err.value)
         ckpt = tmp_path / "g.pt"
@@ -425,7 +427,7 @@ def test_disk_full_while_writing_one_output(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(nib, "save", save)
     out = tmp_path / "out"
-    assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+    assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
                      model_info=INFO) == 1
     records = _records(out)
     assert [records[n]["status"] for n in ("a.nii.gz", "b.nii.gz", "c.nii.gz")] == ["ok", "failed", "ok"]
@@ -440,7 +442,7 @@ def test_disk_full_while_writing_one_output(tmp_path: Path, monkeypatch: pytest.
 def test_disk_full_at_rename_keeps_the_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _three_volumes(tmp_path)
     out = tmp_path / "out"
-    assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+    assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
                      model_info=INFO) == 0
     before = (out / "b_ct2mri.nii.gz").read_bytes()
     real_replace = os.replace
@@ -451,7 +453,8 @@ def test_disk_full_at_rename_keeps_the_previous_output(tmp_path: Path, monkeypat
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False, model_info=INFO,
+    assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S),
+                     device="cpu", progress=False, model_info=INFO,
                      overwrite=True) == 1
     assert "No space left on device" in _records(out)["b.nii.gz"]["error"]
     assert (out / "b_ct2mri.nii.gz").read_bytes() == before
@@ -474,7 +477,8 @@ def test_disk_full_while_writing_a_dicom_series(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_as)
     out = tmp_path / "out"
-    assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False, model_info=INFO,
+    assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S),
+                     device="cpu", progress=False, model_info=INFO,
                      dicom=True) == 1
     records = _records(out)
     assert records["plain.nii.gz"]["status"] == "ok" and records["series"]["status"] == "failed"
@@ -486,9 +490,16 @@ def test_disk_full_while_writing_a_dicom_series(tmp_path: Path, monkeypatch: pyt
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
+def _spec(backbone: str = "resnet", channels: int = 1) -> ModelSpec:
+    """A tiny contract; ``channels`` in and out (3: a 2.5D generator with 3 output channels)."""
+    network = NetworkSpec(backbone=backbone, ngf=4, n_blocks=1, num_downs=5, in_channels=channels,
+                          out_channels=channels)
+    return ModelSpec(network=network, geometry=SliceGeometry(image_size=S, context_slices=(channels - 1) // 2))
+
+
 def _checkpoint(path: Path, spec: ModelSpec | None = None, weights_spec: ModelSpec | None = None) -> Path:
     """Generators built from ``weights_spec`` (default ``spec``), saved with ``spec`` as the model_spec."""
-    spec = spec or ModelSpec(ngf=4, n_blocks=1, num_downs=5, image_size=S)
+    spec = spec or _spec()
     nets = {d: define_generator(**(weights_spec or spec).generator_kwargs()) for d in ("ct2mri", "mri2ct")}
     data = {f"generator_{d}": n.state_dict() for d, n in nets.items()}
     atomic_torch_save(data | {"model_spec": spec.state_dict(), "trainer": {"epoch": 1, "iteration": 2}}, path)
@@ -503,15 +514,13 @@ def _convert_with(ckpt: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", ["backbone", "channels"])
 def test_checkpoint_of_another_architecture_is_refused_before_any_output(tmp_path: Path, case: str,
                                                                          capsys) -> None:
-    resnet = ModelSpec(ngf=4, n_blocks=1, num_downs=5, image_size=S)
     if case == "backbone":  # the weights are a ResNet's, the model_spec says U-Net
-        ckpt = _checkpoint(tmp_path / "g.pt", ModelSpec(backbone="unet", ngf=4, num_downs=5, image_size=S), resnet)
+        ckpt = _checkpoint(tmp_path / "g.pt", _spec("unet"), _spec())
         expected = r"does not fit the requested UnetGenerator"
-    else:  # a consistent 3-channel (RGB) generator: conversion works on gray slices
-        ckpt = _checkpoint(tmp_path / "g.pt", ModelSpec(ngf=4, n_blocks=1, num_downs=5, in_channels=3,
-                                                        out_channels=3, image_size=S))
-        expected = r"3 input / 3 output channels; volume conversion needs 1 / 1"
-    with pytest.raises((CheckpointError, ConversionError), match=f"^{re.escape(str(ckpt))}: .*{expected}"):
+    else:  # a consistent generator with 3 output channels: conversion writes one gray slice per slice
+        ckpt = _checkpoint(tmp_path / "g.pt", _spec(channels=3))
+        expected = r"a generator with 3 output channels"
+    with pytest.raises((CheckpointError, ContractError), match=f"^{re.escape(str(ckpt))}: .*{expected}"):
         _convert_with(ckpt, tmp_path)
     assert not (tmp_path / "out").exists()
     args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
@@ -520,7 +529,7 @@ def test_checkpoint_of_another_architecture_is_refused_before_any_output(tmp_pat
     assert main_convert(args) == 2 and str(ckpt) in capsys.readouterr().err
     if case == "channels":  # forcing a 1-channel network onto 3-channel weights
         with pytest.raises(CheckpointError, match="in/out channels 3/3"):
-            load_generator(ckpt, "ct2mri", spec_overrides={"in_channels": 1, "out_channels": 1})
+            load_generator_weights(define_generator(ngf=4, n_blocks=1), ckpt, "ct2mri")
 
 
 def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path: Path) -> None:

@@ -47,7 +47,9 @@ def test_training_writes_checkpoints_grids_and_logs(trained: Path) -> None:
                 "d_optimizer", "g_scheduler", "d_scheduler", "pool_ct", "pool_mri", "model_spec", "trainer"):
         assert key in final, key
     assert final["trainer"]["iteration"] == 4 * final["trainer"]["epoch_length"]
-    assert final["model_spec"]["ngf"] == 4 and final["model_spec"]["image_size"] == 32
+    spec = final["model_spec"]
+    assert spec["network"]["ngf"] == 4 and spec["geometry"]["image_size"] == 32 and spec["layout"] == "images"
+    assert spec["ct"]["window"] == [-20.0, 100.0]  # the phantoms' card: their PNGs' export window
     assert (ckpts / "best.pt").is_file()
     assert (trained / "samples" / "samples_latest.png").is_file()
     assert list((trained / "tensorboard").iterdir())
@@ -86,9 +88,12 @@ def test_evaluate_writes_table_with_every_field(trained: Path, tiny_phantoms: Pa
 
     assert row["split"] == effective_split(tiny_phantoms, "test")  # says which images were really used
     # the phantoms are paired volumes: held-out pairs are scored too
-    assert row["n_pairs"] == 1
-    for field in ("mae_mri2ct_hu", "psnr_mri2ct", "ssim_mri2ct", "mae_ct2mri", "psnr_ct2mri", "ssim_ct2mri"):
+    assert row["volume_n_pairs"] == 1 and row["slices_n_pairs"] > 1
+    for field in ("volume_mae_mri2ct_hu", "volume_psnr_mri2ct", "volume_ssim_mri2ct", "volume_mae_ct2mri",
+                  "volume_psnr_ct2mri", "volume_ssim_ct2mri", "volume_mae_mri2ct_hu_window",
+                  "slices_mae_mri2ct_hu_window", "slices_ssim_ct2mri"):
         assert isinstance(row[field], float), field
+    assert "HU window [-20, 100]" in row["contract"]
     table = (trained / "evaluation" / "results.md").read_text()
     assert "fid_ct2mri" in table and "nan" not in table.lower()
     translated = list((trained / "evaluation" / "translated" / "ct2mri").glob("*.png"))
@@ -107,6 +112,6 @@ def test_bad_dataset_folder_gives_one_clear_error(tmp_path: Path, case: str) -> 
                             **TINY_OVERRIDES)
     assert result.returncode != 0
     message = (result.stdout + result.stderr).splitlines()
-    errors = [line for line in message if "InputImageError" in line or "FileNotFoundError" in line]
+    errors = [line for line in message if "InputError" in line or "FileNotFoundError" in line]
     assert errors, (result.stdout + result.stderr)[-2000:]
     assert str(dataset) in errors[-1]

@@ -11,17 +11,18 @@ import torch
 
 from ctmri_monai.checkpoint import (
     CheckpointError,
-    ModelSpec,
     atomic_torch_save,
     latest_checkpoint,
     load_checkpoint,
     load_generator,
+    load_generator_weights,
 )
 from ctmri_monai.networks import define_generator
+from ctmri_monai.spec import ModelSpec, NetworkSpec
 
 
 def _write_checkpoint(path: Path, backbone: str = "resnet", ngf: int = 4, epoch: int = 1) -> dict:
-    spec = ModelSpec(backbone=backbone, ngf=ngf, n_blocks=1, num_downs=5)
+    spec = ModelSpec(network=NetworkSpec(backbone=backbone, ngf=ngf, n_blocks=1, num_downs=5))
     nets = {d: define_generator(**spec.generator_kwargs()) for d in ("ct2mri", "mri2ct")}
     data = {f"generator_{d}": n.state_dict() for d, n in nets.items()}
     data |= {"model_spec": spec.state_dict(), "trainer": {"epoch": epoch, "iteration": epoch * 10}}
@@ -34,7 +35,8 @@ def test_load_generator_round_trip(tmp_path: Path) -> None:
     net, info = load_generator(tmp_path / "c.pt", "mri2ct")
     x = torch.randn(1, 1, 16, 16)
     assert torch.equal(net(x), nets["mri2ct"].eval()(x))
-    assert info["model_spec"]["ngf"] == 4 and len(info["sha256"]) == 64 and not net.training
+    assert info["model_spec"]["network"]["ngf"] == 4 and info["spec"].network.ngf == 4
+    assert len(info["sha256"]) == 64 and not net.training
 
 
 def test_refuses_pickled_objects(tmp_path: Path) -> None:
@@ -65,7 +67,7 @@ def test_wrong_backbone_or_missing_entry(tmp_path: Path) -> None:
     _write_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not fit the requested UnetGenerator; the checkpoint was trained as "
                        "backbone=resnet"):
-        load_generator(path, "ct2mri", spec_overrides={"backbone": "unet"})
+        load_generator_weights(define_generator("unet", ngf=4, num_downs=5), path, "ct2mri")
     torch.save({"model_spec": ModelSpec().state_dict()}, tmp_path / "empty.pt")
     with pytest.raises(CheckpointError, match="has no 'generator_ct2mri'"):
         load_generator(tmp_path / "empty.pt", "ct2mri")

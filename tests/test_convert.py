@@ -12,19 +12,18 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import make_spec
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ctmri_monai.convert import (
-    ConversionError,
     add_convert_arguments,
     collect_inputs,
     consistency_report,
     convert_volume,
-    load_volume,
     run_batch,
-    select_dicom_series,
 )
+from ctmri_monai.io import InputError, load_volume, select_dicom_series
 
 S = 32  # network image size in these tests
 
@@ -43,10 +42,11 @@ class BlankHalf(torch.nn.Module):
         return out
 
 
-def head_hu(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    """An ellipsoid 'head' of soft tissue / bone texture in air, int16 HU inside [-1000, 1000]."""
+def head_hu(shape: tuple[int, int, int], seed: int = 0, extent: float = 1.0) -> np.ndarray:
+    """An ellipsoid 'head' of soft tissue / bone texture in air, int16 HU inside [-1000, 1000]; ``extent`` scales
+    its radii (below 1: an air margin, e.g. so that a model's centre crop does not cut it)."""
     rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    grids = np.meshgrid(*[np.linspace(-1, 1, s) / extent for s in shape], indexing="ij")
     inside = grids[0] ** 2 / 0.8 + grids[1] ** 2 / 0.7 < 1.0
     tissue = rng.integers(-100, 900, size=shape)
     return np.where(inside, tissue, -1000).astype(np.int16)
@@ -150,9 +150,9 @@ GEOMETRIES = {
 def test_output_geometry_equals_input(tmp_path: Path, name: str, shape: tuple[int, int, int]) -> None:
     rot, spacing = GEOMETRIES[name]
     affine = make_affine(rot, spacing)
-    src = save_nifti(tmp_path / "in.nii.gz", head_hu(shape), affine)
+    src = save_nifti(tmp_path / "in.nii.gz", head_hu(shape, extent=0.55), affine)
     out = tmp_path / "out" / "in_ct2mri.nii.gz"
-    result = convert_volume(src, out, Identity(), "ct", "mri", image_size=S)
+    result = convert_volume(src, out, Identity(), make_spec(S), "ct", "mri")
     img, ref = nib.load(out), nib.load(src)
     assert img.shape == shape and result["shape"] == list(shape)
     np.testing.assert_allclose(img.affine, affine, atol=1e-5)
@@ -171,7 +171,7 @@ def test_synthetic_ct_is_int16_hu(tmp_path: Path) -> None:
     affine = make_affine(*GEOMETRIES["oblique_aniso"])
     src = save_nifti(tmp_path / "mr.nii.gz", (head_hu((30, 28, 6)) + 1000).astype(np.float32), affine)
     out = tmp_path / "mr_mri2ct.nii.gz"
-    convert_volume(src, out, Identity(), "mri", "ct", image_size=S, ct_window=(-1000.0, 1000.0))
+    convert_volume(src, out, Identity(), make_spec(S, window=(-1000.0, 1000.0)), "mri", "ct")
     img = nib.load(out)
     assert img.get_data_dtype() == np.int16
     data = np.asarray(img.dataobj)
@@ -189,7 +189,7 @@ def test_identity_ct_to_ct_returns_input_hu(tmp_path: Path, flip: tuple[int, int
     affine = make_affine(np.diag([flip[0], flip[1], 1.0]), (1.0, 1.0, 2.5))
     src = save_nifti(tmp_path / "ct.nii.gz", hu, affine)
     out = tmp_path / "ct_ct2ct.nii.gz"
-    convert_volume(src, out, Identity(), "ct", "ct", image_size=40)
+    convert_volume(src, out, Identity(), make_spec(40), "ct", "ct")
     data = np.asarray(nib.load(out).dataobj)
     assert data.dtype == np.int16
     assert np.abs(data.astype(np.int32) - hu).max() <= 1
@@ -202,7 +202,7 @@ def test_identity_ct_to_ct_with_in_plane_resampling_is_close(tmp_path: Path) -> 
     affine = make_affine(rotation(0.2, 0.1, -0.4), (1.3, 1.3, 2.0))
     src = save_nifti(tmp_path / "ct.nii.gz", hu, affine)
     out = tmp_path / "o.nii.gz"
-    convert_volume(src, out, Identity(), "ct", "ct", image_size=64, pixdim=(0.9, 0.9))
+    convert_volume(src, out, Identity(), make_spec(64, pixdim=(0.9, 0.9)), "ct", "ct")
     diff = np.abs(np.asarray(nib.load(out).dataobj).astype(np.float64) - hu)
     assert np.median(diff) < 3.0 and diff[3:-3, 3:-3].max() < 40.0
 
@@ -212,8 +212,7 @@ def test_preprocessed_slices_sit_where_their_affine_says(tmp_path: Path, name: s
     """Forward geometry in world coordinates (a round trip alone would hide an error made both ways): a
     linear function of world position, sampled by the preprocessing, matches the function at each voxel's
     world position given by the preprocessed affine."""
-    from ctmri_monai.convert.pipeline import build_preprocess
-    from ctmri_monai.transforms import ct_from_unit
+    from ctmri_monai.transforms import ct_from_unit, volume_pipeline
 
     rot, spacing = GEOMETRIES[name]
     affine = make_affine(rot, spacing)
@@ -222,7 +221,7 @@ def test_preprocessed_slices_sit_where_their_affine_says(tmp_path: Path, name: s
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
     values = (4.0 * world[:, 0] - 3.0 * world[:, 1] + 2.0 * world[:, 2]).reshape(shape).astype(np.float32)
     volume = load_volume(save_nifti(tmp_path / "lin.nii.gz", values, affine))
-    forward, _ = build_preprocess("ct", image_size=S, pixdim=(0.9, 0.9), ct_window=(-5000.0, 5000.0))
+    forward = volume_pipeline(make_spec(S, pixdim=(0.9, 0.9), window=(-5000.0, 5000.0)), "ct")
     x = forward({"image": volume.image})["image"]
     out_affine = np.asarray(x.affine, dtype=np.float64)
     np.testing.assert_allclose(np.linalg.norm(out_affine[:3, :2], axis=0), 0.9, rtol=0.05)
@@ -245,14 +244,14 @@ def test_nifti_header_is_marked_and_carries_no_identifiers(tmp_path: Path) -> No
     info = {"file": "/models/a_very_long_checkpoint_name_" + "x" * 60 + ".pt",
             "sha256": "0123456789abcdef" * 4}
     out = tmp_path / "o.nii.gz"
-    result = convert_volume(tmp_path / "in.nii.gz", out, Identity(), "ct", "mri", image_size=S,
+    result = convert_volume(tmp_path / "in.nii.gz", out, Identity(), make_spec(S), "ct", "mri",
                             model_info=info)
     header = nib.load(out).header
     descrip = header["descrip"].item().decode()
     assert descrip.startswith("SYNTHETIC ct2mri model=a_very_long") and descrip.endswith(":0123456789ab")
     assert len(descrip) <= 80 and result["description"] == descrip
     assert header["aux_file"].item() == b"" and header["db_name"].item() == b""
-    short = convert_volume(tmp_path / "in.nii.gz", out, Identity(), "ct", "mri", image_size=S,
+    short = convert_volume(tmp_path / "in.nii.gz", out, Identity(), make_spec(S), "ct", "mri",
                            model_info={"file": "g.pt", "sha256": "ab" * 32})
     assert short["description"] == "SYNTHETIC ct2mri model=g.pt:abababababab"
 
@@ -266,7 +265,7 @@ def test_dicom_series_converts_on_simpleitk_geometry(tmp_path: Path) -> None:
     series = tmp_path / "dicom"
     write_ct_series(series, hu, spacing=(1.0, 1.0, 2.5), iop=iop)
     out = tmp_path / "out.nii.gz"
-    result = convert_volume(series, out, Identity(), "ct", "ct", image_size=S)
+    result = convert_volume(series, out, Identity(), make_spec(S), "ct", "ct")
     ref, _, _ = read_series(series)
     img = nib.load(out)
     assert img.shape == ref.GetSize() == hu.shape and result["slices"] == hu.shape[2]
@@ -281,7 +280,7 @@ def test_dicom_series_anisotropic_pixels_geometry(tmp_path: Path) -> None:
     series = tmp_path / "dicom"
     write_ct_series(series, head_hu((34, 25, 5)), spacing=(0.7, 1.2, 3.0), iop=(0, 1, 0, 0, 0, -1))
     out = tmp_path / "out.nii.gz"
-    convert_volume(series, out, Identity(), "ct", "mri", image_size=S)
+    convert_volume(series, out, Identity(), make_spec(S), "ct", "mri")
     ref, _, _ = read_series(series)
     np.testing.assert_allclose(nib.load(out).affine, sitk_ras_affine(ref), atol=1e-4)
     assert nib.load(out).shape == ref.GetSize()
@@ -293,7 +292,7 @@ def test_dicom_output_is_a_new_derived_series_of_the_same_study(tmp_path: Path, 
     series = tmp_path / "in"
     src_uid = write_ct_series(series, hu, spacing=(1.0, 1.0, 2.0))
     dicom_out = tmp_path / "out_dicom"
-    result = convert_volume(series, tmp_path / "o.nii.gz", Identity(), "ct", target, image_size=S,
+    result = convert_volume(series, tmp_path / "o.nii.gz", Identity(), make_spec(S), "ct", target,
                             dicom_output_dir=dicom_out)
     img, ids, files = read_series(dicom_out)
     src_img, _, src_files = read_series(series)
@@ -333,17 +332,17 @@ def test_several_series_in_one_folder(tmp_path: Path) -> None:
     for sub in ("a", "b"):
         for f in (folder / sub).iterdir():
             f.rename(folder / f"{sub}_{f.name}")
-    with pytest.raises(ConversionError) as err:
+    with pytest.raises(InputError) as err:
         load_volume(folder)
     msg = str(err.value)
     assert str(folder) in msg and uid_a in msg and uid_b in msg
     assert "axial soft" in msg and "4 slices" in msg and "3 slices" in msg
     vol = load_volume(folder, series_uid=uid_b)
     assert vol.shape == (20, 18, 3) and vol.series.uid == uid_b
-    with pytest.raises(ConversionError, match="no series 1.2.3"):
+    with pytest.raises(InputError, match="no series 1.2.3"):
         select_dicom_series(folder, "1.2.3")
     out = tmp_path / "o.nii.gz"
-    convert_volume(folder, out, Identity(), "ct", "mri", image_size=S, series_uid=uid_a)
+    convert_volume(folder, out, Identity(), make_spec(S), "ct", "mri", series_uid=uid_a)
     assert nib.load(out).shape == (20, 18, 4)
 
 
@@ -351,31 +350,31 @@ def test_bad_dicom_series(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
-    with pytest.raises(ConversionError, match="no DICOM"):
+    with pytest.raises(InputError, match="no DICOM"):
         load_volume(empty)
     gap = tmp_path / "gap"
     write_ct_series(gap, head_hu((20, 18, 5)))
     files = select_dicom_series(gap).files
     Path(files[2]).unlink()  # a missing slice: no regular grid any more
-    with pytest.raises(ConversionError, match="irregular slice spacing"):
+    with pytest.raises(InputError, match="irregular slice spacing"):
         load_volume(gap)
     sizes = tmp_path / "sizes"
     uid = write_ct_series(sizes, head_hu((20, 18, 3)))
     write_ct_series(tmp_path / "other", head_hu((22, 18, 2)), series_uid=uid, origin=(-20.0, -18.0, 40.0))
     for f in (tmp_path / "other").iterdir():
         f.rename(sizes / f"x_{f.name}")
-    with pytest.raises(ConversionError, match="mixed series"):
+    with pytest.raises(InputError, match="mixed series"):
         load_volume(sizes)
     tilted = tmp_path / "tilted"
     write_ct_series(tilted, head_hu((20, 18, 6)), spacing=(1.0, 1.0, 2.0), shear=0.5)
-    with pytest.raises(ConversionError, match="gantry tilt"):
+    with pytest.raises(InputError, match="gantry tilt"):
         load_volume(tilted)
 
 
 def test_dicom_output_needs_dicom_input(tmp_path: Path) -> None:
     src = save_nifti(tmp_path / "a.nii.gz", head_hu((20, 18, 3)), np.eye(4))
-    with pytest.raises(ConversionError, match="DICOM output"):
-        convert_volume(src, tmp_path / "o.nii.gz", Identity(), image_size=S, dicom_output_dir=tmp_path / "d")
+    with pytest.raises(InputError, match="DICOM output"):
+        convert_volume(src, tmp_path / "o.nii.gz", Identity(), make_spec(S), dicom_output_dir=tmp_path / "d")
     assert not (tmp_path / "o.nii.gz").exists()
 
 
@@ -392,7 +391,7 @@ def test_itk_files_through_simpleitk_reader(tmp_path: Path, suffix: str) -> None
     path = tmp_path / f"ct{suffix}"
     sitk.WriteImage(img, str(path))
     out = tmp_path / "o.nii.gz"
-    convert_volume(path, out, Identity(), "ct", "ct", image_size=S)
+    convert_volume(path, out, Identity(), make_spec(S), "ct", "ct")
     result = nib.load(out)
     np.testing.assert_allclose(result.affine, sitk_ras_affine(img), atol=1e-5)
     assert np.abs(np.asarray(result.dataobj).astype(np.int32) - hu).max() <= 1
@@ -431,8 +430,8 @@ def test_bad_inputs_give_one_clear_error_and_no_output(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     for name, (path, problem) in _bad_inputs(tmp_path).items():
-        with pytest.raises(ConversionError) as err:
-            convert_volume(path, out_dir / f"{name}.nii.gz", Identity(), image_size=S)
+        with pytest.raises(InputError) as err:
+            convert_volume(path, out_dir / f"{name}.nii.gz", Identity(), make_spec(S))
         assert str(path) in str(err.value) and problem in str(err.value), (name, str(err.value))
     assert list(out_dir.iterdir()) == []
 
@@ -440,7 +439,7 @@ def test_bad_inputs_give_one_clear_error_and_no_output(tmp_path: Path) -> None:
 def test_singleton_fourth_dimension_is_accepted(tmp_path: Path) -> None:
     src = save_nifti(tmp_path / "a.nii.gz", head_hu((20, 18, 4))[..., None], np.diag([1.0, 1.0, 2.0, 1.0]))
     out = tmp_path / "o.nii.gz"
-    convert_volume(src, out, Identity(), "ct", "ct", image_size=S)
+    convert_volume(src, out, Identity(), make_spec(S), "ct", "ct")
     assert nib.load(out).shape == (20, 18, 4)
 
 
@@ -449,9 +448,9 @@ def test_singleton_fourth_dimension_is_accepted(tmp_path: Path) -> None:
 
 def test_qa_flags_generator_that_blanks_half_of_every_slice(tmp_path: Path) -> None:
     src = save_nifti(tmp_path / "ct.nii.gz", head_hu((30, 28, 6)), make_affine(np.eye(3), (1.0, 1.0, 2.0)))
-    good = convert_volume(src, tmp_path / "id.nii.gz", Identity(), "ct", "mri", image_size=S,
+    good = convert_volume(src, tmp_path / "id.nii.gz", Identity(), make_spec(S), "ct", "mri",
                           qa_dir=tmp_path / "qa")
-    bad = convert_volume(src, tmp_path / "half.nii.gz", BlankHalf(), "ct", "mri", image_size=S,
+    bad = convert_volume(src, tmp_path / "half.nii.gz", BlankHalf(), make_spec(S), "ct", "mri",
                          qa_dir=tmp_path / "qa")
     assert not good["qa"]["flagged"] and good["qa"]["dice_min"] == 1.0 and good["qa"]["slices_below"] == []
     assert bad["qa"]["flagged"] and bad["qa"]["dice_mean"] < 0.8
@@ -470,7 +469,7 @@ def test_qa_slice_numbers_are_input_indices(tmp_path: Path, z_step: float) -> No
     hu = head_hu((24, 22, 6))
     hu[:, :, 2:] = -1000  # head only on input slices 0 and 1
     src = save_nifti(tmp_path / "ct.nii.gz", hu, np.diag([1.0, -1.0, z_step, 1.0]))
-    result = convert_volume(src, tmp_path / "o.nii.gz", BlankHalf(), "ct", "mri", image_size=S)
+    result = convert_volume(src, tmp_path / "o.nii.gz", BlankHalf(), make_spec(S), "ct", "mri")
     assert sorted(result["qa"]["dice"]) == [0, 1] and result["qa"]["slices_below"] == [0, 1]
     assert result["qa"]["slice_axis"] == 2
 
@@ -482,7 +481,7 @@ def test_consistency_report_slice_rules() -> None:
     out = src.copy()
     out[2, 2, 0] = 0.5  # a speck below the minimum area on an empty slice
     out[8:24, 16:24, 2] = -1.0  # half the head gone on slice 2
-    report = consistency_report(src, out, "ct", "mri", threshold=0.9, slice_index=[10, 11, 12, 13])
+    report = consistency_report(src, out, threshold=0.9, slice_index=[10, 11, 12, 13])
     assert sorted(report["dice"]) == [11, 12] and report["dice"][11] == 1.0
     assert report["slices_below"] == [12] and report["flagged"]
     assert report["dice_min"] == pytest.approx(2 * 128 / (256 + 128), abs=1e-3)
@@ -506,7 +505,7 @@ def test_batch_goes_on_after_a_bad_file_and_skips_finished_outputs(tmp_path: Pat
     data = _batch_inputs(tmp_path)
     out = tmp_path / "out"
     info = {"file": "m.pt", "sha256": "f" * 64, "model_spec": {"image_size": S}}
-    status = run_batch([data], out, "ct2mri", generator=Identity(), batch_size=3, device="cpu",
+    status = run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), batch_size=3, device="cpu",
                        progress=False, dicom=True, model_info=info)
     assert status == 1
     summary = json.loads((out / "summary.json").read_text())
@@ -527,7 +526,8 @@ def test_batch_goes_on_after_a_bad_file_and_skips_finished_outputs(tmp_path: Pat
     assert "failed" in table and "broken.nii.gz" in table
 
     before = (out / "a_ct2mri.nii.gz").stat().st_mtime_ns
-    status = run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False, dicom=True,
+    status = run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S),
+                       device="cpu", progress=False, dicom=True,
                        model_info={"model_spec": {"image_size": S}})
     assert status == 1
     again = {Path(r["file"]).name: r for r in json.loads((out / "summary.json").read_text())["files"]}
@@ -537,7 +537,7 @@ def test_batch_goes_on_after_a_bad_file_and_skips_finished_outputs(tmp_path: Pat
     assert (out / "a_ct2mri.nii.gz").stat().st_mtime_ns == before
 
     (data / "broken.nii.gz").unlink()
-    status = run_batch([data], out, "ct2mri", generator=BlankHalf(), device="cpu", progress=False,
+    status = run_batch([data], out, "ct2mri", generator=BlankHalf(), spec=make_spec(S), device="cpu", progress=False,
                        overwrite=True, model_info={"model_spec": {"image_size": S}})
     assert status == 0
     final = json.loads((out / "summary.json").read_text())
@@ -551,7 +551,7 @@ def test_ranks_convert_disjoint_shares_of_one_batch(tmp_path: Path) -> None:
     out = tmp_path / "out"
     info = {"model_spec": {"image_size": S}}
     for rank in (0, 1):
-        assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+        assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
                          model_info=info, rank=rank, world_size=2) == 0
     summaries = [json.loads((out / f"summary_rank{r}.json").read_text()) for r in (0, 1)]
     done = [[Path(rec["file"]).name for rec in s["files"]] for s in summaries]
@@ -577,7 +577,7 @@ def test_read_ahead_loads_the_next_file_while_one_converts(tmp_path: Path, monke
     results = {}
     for read_ahead in (True, False):
         out = tmp_path / f"out_{read_ahead}"
-        assert run_batch([data], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+        assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
                          model_info={"model_spec": {"image_size": S}}, read_ahead=read_ahead) == 1
         results[read_ahead] = {Path(r["file"]).name: (r["status"], r["shape"])
                                for r in json.loads((out / "summary.json").read_text())["files"]}
@@ -597,8 +597,7 @@ def test_batch_list_file_missing_entries_and_checkpoint_loader(tmp_path: Path) -
 
     def load_model(path, direction, device):
         calls.append((str(path), direction, device))
-        return Identity(), {"file": str(path), "sha256": "a" * 64,
-                            "model_spec": {"image_size": S, "ct_window": [-1000.0, 1000.0]}}
+        return Identity(), {"file": str(path), "sha256": "a" * 64, "spec": make_spec(S)}
 
     out = tmp_path / "out"
     status = run_batch([listing], out, "ct2mri", checkpoint=tmp_path / "g.pt", device="cpu", progress=False,
@@ -631,7 +630,7 @@ def test_batch_converter_object_and_slice_progress(tmp_path: Path) -> None:
 
     src = save_nifti(tmp_path / "a.nii.gz", head_hu((20, 18, 5)), np.eye(4))
     job = BatchConverter(str(src), tmp_path / "out", "ct2mri", network=Identity(), device="cpu",
-                         progress=False, batch_size=2, model_info={"model_spec": {"image_size": S}})
+                         progress=False, batch_size=2, spec=make_spec(S))
     assert job.run() == 0 and (tmp_path / "out" / "a_ct2mri.nii.gz").exists()
 
     class Counter:
@@ -644,7 +643,7 @@ def test_batch_converter_object_and_slice_progress(tmp_path: Path) -> None:
             self.done += n
 
     bar = Counter()
-    convert_volume(src, tmp_path / "b.nii.gz", Identity(), image_size=S, batch_size=2, progress=bar)
+    convert_volume(src, tmp_path / "b.nii.gz", Identity(), make_spec(S), batch_size=2, progress=bar)
     assert bar.total == 5 and bar.done == 5
 
 

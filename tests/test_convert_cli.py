@@ -9,21 +9,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from conftest import make_spec
 
 import ctmri_monai.checkpoint as checkpoint_module  # noqa: E402
 import ctmri_monai.networks as networks  # noqa: E402
 from ctmri_monai.convert import add_convert_arguments, main_convert
 
-SPEC = {"backbone": "resnet", "ngf": 4, "n_blocks": 1, "num_downs": 5, "in_channels": 1, "out_channels": 1,
-        "image_size": 32,
-        "ct_window": [-1000.0, 1000.0], "mri_percentiles": [0.5, 99.5], "pixdim": [1.0, 1.0]}
-
 
 def _checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
-    kwargs = {k: SPEC[k] for k in ("backbone", "in_channels", "out_channels", "ngf", "n_blocks", "num_downs")}
-    data = {f"generator_{d}": networks.define_generator(**kwargs).state_dict() for d in ("ct2mri", "mri2ct")}
-    data["model_spec"] = dict(SPEC)
+    spec = make_spec(32)
+    data = {f"generator_{d}": networks.define_generator(**spec.generator_kwargs()).state_dict()
+            for d in ("ct2mri", "mri2ct")}
+    data["model_spec"] = spec.state_dict()
     torch.save(data, path)
     return path
 

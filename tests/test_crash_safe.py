@@ -71,7 +71,7 @@ def test_sigkill_mid_epoch_then_resume_finishes(tiny_phantoms: Path, tmp_path: P
     for path in ckpt_dir.glob("*.pt"):  # atomic saves: what exists is complete
         load_checkpoint(path)
     # what a kill in the middle of torch.save leaves: a temporary file of the dead process
-    stale = ckpt_dir / f".checkpoint_epoch={saved[-1] + 1}.pt.tmp-{pid}"
+    stale = ckpt_dir / f".checkpoint_epoch={saved[-1] + 1}.partial-{pid}-0a1b2c3d.pt"
     stale.write_bytes((ckpt_dir / f"checkpoint_epoch={saved[-1]}.pt").read_bytes()[:1000])
 
     second = run_bundle_cli(["train"], timeout=120, dataset_dir=tiny_phantoms, output_dir=out, **OVERRIDES)
@@ -86,7 +86,7 @@ def test_sigkill_mid_epoch_then_resume_finishes(tiny_phantoms: Path, tmp_path: P
     assert epoch_length >= 5 and final["trainer"]["max_epochs"] == MAX_EPOCHS
     assert final["trainer"]["iteration"] == MAX_EPOCHS * epoch_length
     for path in ckpt_dir.iterdir():
-        assert not path.name.startswith(".") and ".tmp" not in path.name, f"left behind: {path.name}"
+        assert not path.name.startswith(".") and ".partial" not in path.name, f"left behind: {path.name}"
         data = load_checkpoint(path)  # none truncated
         assert isinstance(data["generator_ct2mri"]["model.1.weight"], torch.Tensor)
     kept = sorted(p.name for p in ckpt_dir.glob("checkpoint_epoch=*.pt"))

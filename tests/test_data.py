@@ -20,11 +20,31 @@ from ctmri_monai.data import (
     effective_split,
     list_images,
     list_volumes,
+    spec_for_dataset,
     split_train_val,
 )
-from ctmri_monai.transforms import INTENSITY_META_KEY, InputImageError
+from ctmri_monai.io import InputError
+from ctmri_monai.spec import CTIntensity, ModelSpec, SliceGeometry
+from ctmri_monai.transforms import image_pipeline, volume_pipeline
 
 S = 32
+
+
+def _images(framing: str = "fit", training: bool = False):
+    """The image pipeline of a model trained on 2D images framed by ``framing``."""
+    spec = ModelSpec(geometry=SliceGeometry(image_size=S, framing=framing, pixdim=None), layout="images")
+    return image_pipeline(spec, training=training)
+
+
+def _volumes(domain: str):
+    """The volume pipeline (loading) of a volumes-trained model: 1 mm, [-1000, 1000] HU."""
+    spec = ModelSpec(ct=CTIntensity(window=(-1000.0, 1000.0)), geometry=SliceGeometry(image_size=S))
+    return volume_pipeline(spec, domain, load=True)
+
+
+def _build(root, split="train", training=True, **kwargs):
+    spec = spec_for_dataset(root, image_size=S)
+    return build_unpaired_dataset(root, spec, split, training=training, **kwargs)
 
 
 def _rgb_jpeg(path, h=30, w=40, seed=0):
@@ -84,16 +104,16 @@ def test_list_images_sorted_any_suffix_case(tmp_path):
 
 
 def test_list_images_errors_name_the_folder(tmp_path):
-    with pytest.raises(InputImageError, match="missing.*not found"):
+    with pytest.raises(InputError, match="missing.*not found"):
         list_images(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputImageError, match="empty.*is empty"):
+    with pytest.raises(InputError, match="empty.*is empty"):
         list_images(tmp_path / "empty")
     other = tmp_path / "other"
     other.mkdir()
     (other / "readme.txt").write_text("x")
     (other / "data.csv").write_text("1,2")
-    with pytest.raises(InputImageError, match=f"{other}: no image files"):
+    with pytest.raises(InputError, match=f"{other}: no image files"):
         list_images(other)
 
 
@@ -104,27 +124,26 @@ def test_list_volumes(tmp_path):
     (tmp_path / "emptydir").mkdir()
     (tmp_path / "x.txt").write_text("x")
     assert [p.name for p in list_volumes(tmp_path)] == ["a.nii.gz", "series"]
-    with pytest.raises(InputImageError, match="not found"):
+    with pytest.raises(InputError, match="not found"):
         list_volumes(tmp_path / "nope")
 
 
 # ------------------------------------------------------------------------------------------------ images
 def test_image_folder_dataset_items(tmp_path):
     files = [_rgb_jpeg(tmp_path / "rgb.jpg"), _gray_png(tmp_path / "gray.png")]
-    ds = ImageFolderDataset(files, image_size=S, size_policy="fit", training=False)
+    ds = ImageFolderDataset(files, _images("fit", False))
     assert len(ds) == 2
     for i in range(2):
         x = ds[i]
         assert x.shape == (1, S, S) and x.dtype == torch.float32
         assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
-        assert x.meta[INTENSITY_META_KEY]["kind"] == "eight_bit"
     assert ds.item_name(1).endswith("gray.png")
 
 
 def test_image_folder_dataset_training_is_reproducible(tmp_path):
     files = [_rgb_jpeg(tmp_path / f"r{i}.jpg", seed=i) for i in range(3)]
-    a = ImageFolderDataset(files, image_size=S, size_policy="resize_crop", training=True, seed=3)
-    b = ImageFolderDataset(files, image_size=S, size_policy="resize_crop", training=True, seed=3)
+    a = ImageFolderDataset(files, _images("resize_crop", True), seed=3)
+    b = ImageFolderDataset(files, _images("resize_crop", True), seed=3)
     for i in range(3):
         assert torch.equal(a[i], b[i])
 
@@ -132,9 +151,9 @@ def test_image_folder_dataset_training_is_reproducible(tmp_path):
 @pytest.mark.parametrize("policy", ["fit", "resize_crop"])
 def test_cached_images_equal_decoded_ones_without_reading_files_again(tmp_path, policy):
     files = [_rgb_jpeg(tmp_path / f"r{i}.jpg", seed=i) for i in range(3)] + [_gray_png(tmp_path / "g.png")]
-    plain = ImageFolderDataset(files, image_size=S, size_policy=policy, training=True, seed=3)
+    plain = ImageFolderDataset(files, _images(policy, True), seed=3)
     expected = [[plain[i] for i in range(len(files))] for _ in range(2)]  # random flips / crops differ per pass
-    cached = ImageFolderDataset(files, image_size=S, size_policy=policy, training=True, seed=3, cache_rate=1.0)
+    cached = ImageFolderDataset(files, _images(policy, True), seed=3, cache_rate=1.0)
     for f in files:
         f.unlink()  # everything the cached dataset needs is in memory
     for passes in expected:
@@ -146,17 +165,17 @@ def test_cache_fill_error_names_the_file(tmp_path):
     good = _gray_png(tmp_path / "good.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(good.read_bytes()[:60])
-    with pytest.raises(InputImageError, match="bad.png: cannot read image"):
-        ImageFolderDataset([good, bad], image_size=S, cache_rate=1.0)
+    with pytest.raises(InputError, match="bad.png: cannot read image"):
+        ImageFolderDataset([good, bad], _images(), cache_rate=1.0)
 
 
 def test_corrupt_image_error_names_the_file(tmp_path):
     good = _gray_png(tmp_path / "good.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(good.read_bytes()[:60])
-    ds = ImageFolderDataset([good, bad], image_size=S)
+    ds = ImageFolderDataset([good, bad], _images())
     assert ds[0].shape == (1, S, S)
-    with pytest.raises(InputImageError, match="bad.png: cannot read image"):
+    with pytest.raises(InputError, match="bad.png: cannot read image"):
         ds[1]
 
 
@@ -193,18 +212,18 @@ def test_unpaired_eval_sequential_with_valid_flags():
 def test_unpaired_workers_draw_different_pairings():
     ds = UnpairedDataset(_Fake(64, "c"), _Fake(1000, "m"), random_pairing=True, seed=0)
     torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2)
+    loader = DataLoader(ds, batch_size=8, num_workers=2)  # MONAI's: seeds each worker's random state
     batches = [b["mri_path"] for b in loader]
     per_worker = [tuple(batches[0]), tuple(batches[1])]
     assert per_worker[0] != per_worker[1]
     torch.manual_seed(0)
-    again = [b["mri_path"] for b in torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2)]
+    again = [b["mri_path"] for b in DataLoader(ds, batch_size=8, num_workers=2)]
     assert again == batches
 
 
 def test_unpaired_collates_with_monai_loader(tmp_path):
-    ct = ImageFolderDataset([_rgb_jpeg(tmp_path / "c.jpg")], image_size=S)
-    mri = ImageFolderDataset([_gray_png(tmp_path / f"m{i}.png") for i in range(3)], image_size=S)
+    ct = ImageFolderDataset([_rgb_jpeg(tmp_path / "c.jpg")], _images())
+    mri = ImageFolderDataset([_gray_png(tmp_path / f"m{i}.png") for i in range(3)], _images())
     batch = next(iter(DataLoader(UnpairedDataset(ct, mri, random_pairing=False), batch_size=3)))
     assert batch["ct"].shape == (3, 1, S, S) and batch["mri"].shape == (3, 1, S, S)
     assert batch["ct_valid"].tolist() == [True, False, False]
@@ -214,7 +233,7 @@ def test_unpaired_collates_with_monai_loader(tmp_path):
 # ------------------------------------------------------------------------------------------------ volumes
 def test_volume_slices_skip_background(tmp_path):
     path = _volume(tmp_path / "v.nii.gz")
-    ds = VolumeSliceDataset([path], "ct", image_size=S)
+    ds = VolumeSliceDataset([path], _volumes("ct"))
     assert ds.foreground_slices(0).tolist() == [2, 3, 4, 5, 6, 7]
     assert len(ds) == 6
     for i in range(len(ds)):
@@ -228,29 +247,28 @@ def test_volume_slices_skip_background(tmp_path):
 
 def test_volume_slices_random_and_evenly_spaced(tmp_path):
     files = [_volume(tmp_path / "a.nii.gz"), _volume(tmp_path / "b.nii", depth=6, blank=(0,))]
-    rand = VolumeSliceDataset(files, "mri", slices_per_volume=5, image_size=S, random_slices=True,
-                              random_flip=True, seed=1, cache_volumes=1)
+    rand = VolumeSliceDataset(files, _volumes("mri"), slices_per_volume=5, random_slices=True,
+                              random_flip=True, cache_volumes=1).set_random_state(1)
     assert len(rand) == 10
     ks = [rand[i].meta["slice_index"] for i in range(10)]
     assert all(k in range(2, 8) for k in ks[:5]) and all(k in range(1, 6) for k in ks[5:])
-    again = VolumeSliceDataset(files, "mri", slices_per_volume=5, image_size=S, random_slices=True,
-                               random_flip=True, seed=1)
+    again = VolumeSliceDataset(files, _volumes("mri"), slices_per_volume=5, random_slices=True,
+                               random_flip=True).set_random_state(1)
     assert ks == [again[i].meta["slice_index"] for i in range(10)]
-    even = VolumeSliceDataset(files, "mri", slices_per_volume=3, image_size=S)
+    even = VolumeSliceDataset(files, _volumes("mri"), slices_per_volume=3)
     # centres of 3 equal parts of the foreground slices 2..7
     assert [even[i].meta["slice_index"] for i in range(3)] == [3, 5, 7]
     assert even.item_name(4).endswith("b.nii")
-    assert even[0].meta[INTENSITY_META_KEY]["kind"] == "mri_norm"
 
 
 def test_volume_without_foreground_and_bad_volume(tmp_path):
     blank = _volume(tmp_path / "blank.nii.gz", blank=tuple(range(10)))
-    with pytest.raises(InputImageError, match="blank.nii.gz: no axial slice"):
-        VolumeSliceDataset([blank], "ct", image_size=S)
+    with pytest.raises(InputError, match="blank.nii.gz: no axial slice"):
+        VolumeSliceDataset([blank], _volumes("ct"))
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not a nifti")
-    ds = VolumeSliceDataset([bad], "ct", slices_per_volume=2, image_size=S)
-    with pytest.raises(InputImageError, match="bad.nii.gz: cannot read"):
+    ds = VolumeSliceDataset([bad], _volumes("ct"), slices_per_volume=2)
+    with pytest.raises(InputError, match="bad.nii.gz: cannot read"):
         ds[0]
 
 
@@ -277,7 +295,7 @@ def test_dicom_series_folder(tmp_path):
     # GDCM's writer leaves the process in the "C" locale, and later `open()` calls (torch.compile's templates)
     # would then decode as ASCII: restore it.
     locale.setlocale(locale.LC_ALL, saved_locale)
-    ds = VolumeSliceDataset(list_volumes(series.parent), "ct", image_size=S)
+    ds = VolumeSliceDataset(list_volumes(series.parent), _volumes("ct"))
     assert len(ds) == 4
     assert ds[0].shape == (1, S, S) and float(ds[0].max()) == pytest.approx(0.04, abs=1e-4)
 
@@ -299,16 +317,16 @@ def test_build_images_layout_splits(tmp_path):
     _image_folder(root / "trainA", 10, "jpg")
     _image_folder(root / "trainB", 10, "png")
     assert detect_layout(root) == "images"
-    kw = dict(image_size=S, val_fraction=0.2, seed=0)
-    train = build_unpaired_dataset(root, "train", training=True, **kw)
-    val = build_unpaired_dataset(root, "val", training=False, **kw)
+    kw = dict(val_fraction=0.2, seed=0)
+    train = _build(root, "train", training=True, **kw)
+    val = _build(root, "val", training=False, **kw)
     assert len(train) == 8 and len(val) == 2
     assert set(train.ct.files).isdisjoint(val.ct.files) and set(train.mri.files).isdisjoint(val.mri.files)
-    test = build_unpaired_dataset(root, "test", training=False, **kw)  # no testA/testB: falls back to val
+    test = _build(root, "test", training=False, **kw)  # no testA/testB: falls back to val
     assert test.ct.files == val.ct.files and not test.random_pairing
     _image_folder(root / "testA", 3, "jpg")
     _image_folder(root / "testB", 2, "png")
-    test = build_unpaired_dataset(root, "test", training=False, **kw)
+    test = _build(root, "test", training=False, **kw)
     assert len(test) == 3
     item = test[2]
     assert item["ct"].shape == (1, S, S) and item["ct_valid"] and not item["mri_valid"]
@@ -323,8 +341,8 @@ def test_build_volumes_layout(tmp_path):
             value = 40.0 if domain == "ct" else 300.0
             _volume(root / "volumes" / domain / f"subj{i:03d}.nii.gz", value=value)
     assert detect_layout(root) == "volumes"
-    train = build_unpaired_dataset(root, "train", image_size=S, val_fraction=0.34, slices_per_volume=4)
-    val = build_unpaired_dataset(root, "val", image_size=S, training=False, val_fraction=0.34)
+    train = _build(root, "train", val_fraction=0.34, slices_per_volume=4)
+    val = _build(root, "val", training=False, val_fraction=0.34)
     assert len(train) == 2 * 4 and len(val) == 6  # val: every foreground slice of one volume
     assert set(train.ct.files).isdisjoint(val.ct.files)
     item = train[0]
@@ -334,14 +352,14 @@ def test_build_volumes_layout(tmp_path):
 
 def test_build_unknown_layout_names_the_folder(tmp_path):
     (tmp_path / "stuff").mkdir()
-    with pytest.raises(InputImageError, match=f"{tmp_path}: unknown dataset layout"):
-        build_unpaired_dataset(tmp_path)
-    with pytest.raises(InputImageError, match="not found"):
-        build_unpaired_dataset(tmp_path / "nope")
+    with pytest.raises(InputError, match=f"{tmp_path}: unknown dataset layout"):
+        _build(tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        _build(tmp_path / "nope")
     (tmp_path / "trainA").mkdir()
     (tmp_path / "trainB").mkdir()
-    with pytest.raises(InputImageError, match="trainA: image folder is empty"):
-        build_unpaired_dataset(tmp_path)
+    with pytest.raises(InputError, match="trainA: image folder is empty"):
+        _build(tmp_path)
 
 
 def test_effective_split_says_when_test_falls_back_to_validation(tmp_path):

@@ -26,7 +26,7 @@ from ctmri_monai.distributed import (
     unwrap,
     wrap_ddp,
 )
-from ctmri_monai.engine import CycleGANTrainer
+from ctmri_monai.engines import CycleGANTrainer
 from ctmri_monai.handlers import SampleGridHandler
 from ctmri_monai.metrics import RandomFeatures
 from ctmri_monai.metrics.ignite_metrics import TranslationFeatures
@@ -159,9 +159,9 @@ def test_torchrun_bundle_overlay_two_gloo_ranks(tiny_phantoms: Path, tmp_path: P
         assert state_dict_sha256(final[key]) == prints[0][key], f"final.pt {key} is not what rank 0 holds"
         assert not any(name.startswith("module.") for name in final[key])
     # every rank trained on its half of the slices: half the single-process iterations per epoch
-    from ctmri_monai.data import build_unpaired_dataset
+    from ctmri_monai.data import build_unpaired_dataset, spec_for_dataset
 
-    n_items = len(build_unpaired_dataset(tiny_phantoms, "train", image_size=32, pixdim=(6.0, 6.0)))
+    n_items = len(build_unpaired_dataset(tiny_phantoms, spec_for_dataset(tiny_phantoms, image_size=32), "train"))
     assert final["trainer"]["epoch_length"] == (n_items + 1) // 2 // 4
     assert final["trainer"]["iteration"] == 2 * final["trainer"]["epoch_length"]
     load_generator(out / "checkpoints" / "final.pt", "ct2mri")  # the single-GPU loader takes it as is

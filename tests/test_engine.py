@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from ctmri_monai.engine import LOSS_KEYS, CycleGANEvaluator, CycleGANTrainer
+from ctmri_monai.engines import CycleGANEvaluator, CycleGANTrainer
+from ctmri_monai.engines.trainer import LOSS_KEYS
 from ctmri_monai.losses import AdversarialLoss
 from ctmri_monai.networks import define_discriminator, define_generator
 from ctmri_monai.pool import ImagePool
@@ -20,7 +21,8 @@ def _tiny_trainer(gan_mode: str, batches: list[dict], max_epochs: int = 1, lambd
     dx, dy = (define_discriminator(ndf=4) for _ in range(2))
     go = torch.optim.Adam(itertools.chain(gy.parameters(), gx.parameters()), 2e-4, betas=(0.5, 0.999))
     do = torch.optim.Adam(itertools.chain(dx.parameters(), dy.parameters()), 2e-4, betas=(0.5, 0.999))
-    trainer = CycleGANTrainer("cpu", max_epochs, batches, gy, gx, dx, dy, go, do, gan_mode=gan_mode,
+    trainer = CycleGANTrainer("cpu", max_epochs, batches, gy, gx, dx, dy, go, do,
+                              adversarial_loss=AdversarialLoss(gan_mode),
                               lambda_identity=lambda_identity)
     return trainer, (gy, gx, dx, dy)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+from conftest import make_spec
 from test_convert import Identity, head_hu, write_ct_series
 
 from ctmri_monai.convert import run_batch
@@ -63,7 +64,8 @@ def _identifying_strings() -> list[bytes]:
 def test_nifti_and_dicom_outputs_from_dicom_input_leak_no_identity(tmp_path: Path) -> None:
     source_uid = _identified_series(tmp_path / "data" / "series")
     out = tmp_path / "out"
-    assert run_batch([tmp_path / "data"], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+    assert run_batch([tmp_path / "data"], out, "ct2mri", generator=Identity(), spec=make_spec(S),
+                     device="cpu", progress=False,
                      model_info=INFO, dicom=True) == 0
 
     nifti = out / "series_ct2mri.nii.gz"
@@ -105,7 +107,8 @@ def test_nifti_input_extensions_and_text_fields_are_not_copied(tmp_path: Path) -
     img.header["intent_name"] = b"PID-7Q3X9"
     nib.save(img, tmp_path / "in.nii.gz")
     out = tmp_path / "out"
-    assert run_batch([tmp_path / "in.nii.gz"], out, "ct2mri", generator=Identity(), device="cpu", progress=False,
+    assert run_batch([tmp_path / "in.nii.gz"], out, "ct2mri", generator=Identity(), spec=make_spec(S),
+                     device="cpu", progress=False,
                      model_info=INFO) == 0
     raw = gzip.decompress((out / "in_ct2mri.nii.gz").read_bytes())
     assert b"Leakcheck" not in raw and b"PID-7Q3X9" not in raw

@@ -1,30 +1,16 @@
-"""Slice-wise conversion of NIfTI / DICOM volumes with a trained generator, on the input's exact grid."""
+"""Slice-wise conversion of NIfTI / DICOM volumes with a trained generator, on its contract and the input's grid."""
 
 from ctmri_monai.convert.batch import (
     BatchConverter,
     add_convert_arguments,
     collect_inputs,
     main_convert,
+    resolve_contract,
     run_batch,
 )
-from ctmri_monai.convert.io import ConversionError, SimpleITKReader, load_volume, select_dicom_series
-from ctmri_monai.convert.pipeline import build_preprocess, convert_volume, infer_slices
-from ctmri_monai.convert.qa import consistency_report, head_mask, save_montage
+from ctmri_monai.convert.pipeline import convert_volume
+from ctmri_monai.convert.qa import consistency_report, save_montage
+from ctmri_monai.engines.slices import infer_slices, valid_range
 
-__all__ = [
-    "BatchConverter",
-    "ConversionError",
-    "SimpleITKReader",
-    "add_convert_arguments",
-    "build_preprocess",
-    "collect_inputs",
-    "consistency_report",
-    "convert_volume",
-    "head_mask",
-    "infer_slices",
-    "load_volume",
-    "main_convert",
-    "run_batch",
-    "save_montage",
-    "select_dicom_series",
-]
+__all__ = ["BatchConverter", "add_convert_arguments", "collect_inputs", "consistency_report", "convert_volume",
+           "infer_slices", "main_convert", "resolve_contract", "run_batch", "save_montage", "valid_range"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import sys
 import time
@@ -25,20 +26,15 @@ from typing import Any
 import torch
 
 from ctmri_monai import DIRECTIONS
-from ctmri_monai.convert.io import (
-    SUPPORTED_SUFFIXES,
-    ConversionError,
-    is_dicom_folder,
-    load_volume,
-    path_stem,
-    path_suffix,
-)
 from ctmri_monai.convert.pipeline import convert_volume
 from ctmri_monai.distributed import distributed_env, resolve_device, shard_inputs
-from ctmri_monai.results import write_json_atomic
+from ctmri_monai.io.atomic import atomic_write_json
+from ctmri_monai.io.errors import ContractError, CtmriError, InputError
+from ctmri_monai.io.paths import SUPPORTED_SUFFIXES, is_dicom_folder, path_stem, path_suffix
+from ctmri_monai.io.volume import load_volume
+from ctmri_monai.spec import ModelSpec
 
-SPEC_DEFAULTS: dict[str, Any] = {"image_size": 256, "pixdim": (1.0, 1.0), "ct_window": (-1000.0, 1000.0),
-                                 "mri_percentiles": (0.5, 99.5)}
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ input discovery
@@ -230,6 +226,36 @@ class _ReadAhead:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def resolve_contract(spec: ModelSpec | None, info: Mapping[str, Any],
+                     overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+    """The contract a batch converts with: ``spec``, else the model info's; ``overrides`` applied (logged).
+
+    Refused (`ContractError` naming the model and the option): no contract at all, a generator with more than one
+    output channel, or a CT window nobody knows (every direction needs it: CT is either the input or the output).
+    """
+    origin = info.get("file") or "generator"
+    if spec is None:
+        if info.get("spec") is not None:
+            spec = info["spec"]
+        elif info.get("model_spec") is not None:
+            spec = ModelSpec.from_state(info["model_spec"])
+        else:
+            raise ContractError(origin, "no model contract: give spec= (a ModelSpec) or a checkpoint")
+    spec = spec.with_overrides(**dict(overrides or {})) if overrides else spec
+    if spec.network.out_channels != 1:
+        raise ContractError(origin, f"a generator with {spec.network.out_channels} output channels; volume "
+                                    "conversion writes one gray slice per slice")
+    for note in spec.notes:  # assumptions behind a version-1 contract are warnings; the rest is information
+        (logger.warning if spec.version < 2 else logger.info)("%s: %s", origin, note)
+    if spec.ct.window is None:
+        why = "it was written before the data contract" if spec.version < 2 else \
+            "it was trained on 8-bit CT images whose export window no dataset.json card declared"
+        raise ContractError(origin, f"the model's CT window is unknown ({why}), so it cannot map Hounsfield units "
+                                    "as in training; give the HU window its CT training images were exported with: "
+                                    "--ct-window LO HI (e.g. --ct-window -20 100 for level 40 / width 120)")
+    return spec
+
+
 def run_batch(
     inputs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -254,17 +280,22 @@ def run_batch(
     rank: int | None = None,
     world_size: int | None = None,
     read_ahead: bool = True,
+    spec: ModelSpec | None = None,
+    contract_overrides: Mapping[str, Any] | None = None,
+    mask_background: bool = True,
 ) -> int:
     """Convert every input with the generator of ``direction`` ("ct2mri" | "mri2ct"); returns the exit status
     (1 when any input failed, else 0).
 
     The generator comes from ``checkpoint`` through ``load_model(path, direction, device) -> (module, info)``
-    (default ``ctmri_monai.checkpoint.load_generator``; info's "model_spec" sets image size, pixdim, CT
-    window and MRI percentiles) or is given directly as ``generator`` with an optional ``model_info``
-    ({"file", "sha256", "model_spec"}). Writes ``output_dir/summary.json`` and prints a table to ``stream``.
+    (default ``ctmri_monai.checkpoint.load_generator``), or is given directly as ``generator`` with ``spec`` (or a
+    ``model_info`` holding it). The model's contract (`ModelSpec`) alone decides the preprocessing;
+    ``contract_overrides`` (``ct_window``, ``framing``, ``pixdim``, ``mri_percentiles``) replace parts of it, each
+    logged. A model whose contract cannot map HU (an unknown CT window) is refused before any input is read.
+    ``mask_background``: write air outside each input's head mask. Writes ``output_dir/summary.json`` and prints a
+    table to ``stream``.
     ``inferer``: the slice inferer to use (e.g. a bundle's ``inferer``), else the default ``SliceInferer``.
     ``max_voxels``: inputs with more voxels fail (checked from their headers, before reading pixel data).
-    A generator that is not 1-channel in and out (model_spec) is refused before any input is read.
     ``on_record``: called with each file's summary record as soon as the file is done (progress, monitoring).
     ``rank`` / ``world_size`` (default: torchrun's ``RANK`` / ``WORLD_SIZE``, else 0 / 1): with several processes
     each converts its own share of the inputs (`shard_inputs`) and writes ``summary_rank<r>.json``.
@@ -284,16 +315,12 @@ def run_batch(
         generator, info = (load_model or _default_loader)(checkpoint, direction, str(dev))
         model_info = info
     info = dict(model_info or {})
-    given = info.get("model_spec") or {}
-    channels = (int(given.get("in_channels", 1)), int(given.get("out_channels", 1)))
-    if channels != (1, 1):
-        raise ConversionError(info.get("file") or "generator", f"a generator with {channels[0]} input / "
-                              f"{channels[1]} output channels; volume conversion needs 1 / 1 (gray slices)")
-    spec = {**SPEC_DEFAULTS, **{k: v for k, v in given.items() if k in SPEC_DEFAULTS}}
+    spec = resolve_contract(spec, info, contract_overrides)
+    info.update(spec=spec, model_spec=spec.state_dict())
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a file where a parent folder should be
-        raise ConversionError(out_dir, f"cannot create the output folder ({type(exc).__name__}: "
+        raise InputError(out_dir, f"cannot create the output folder ({type(exc).__name__}: "
                                        f"{exc.strerror or exc}: {exc.filename})") from exc
 
     items = collect_inputs(inputs, exclude=[out_dir])
@@ -329,24 +356,23 @@ def run_batch(
             try:
                 volume = reader.next(path)
                 result = convert_volume(
-                    path, output, generator, source, target, image_size=int(spec["image_size"]),
-                    pixdim=tuple(spec["pixdim"]), ct_window=tuple(spec["ct_window"]),
-                    mri_percentiles=tuple(spec["mri_percentiles"]), batch_size=batch_size, device=dev,
-                    amp=amp, model_info=info, series_uid=series_uid, dicom_output_dir=dicom_dir,
+                    path, output, generator, spec, source, target, batch_size=batch_size, device=dev, amp=amp,
+                    mask_background=mask_background, model_info=info, series_uid=series_uid, dicom_output_dir=dicom_dir,
                     qa_threshold=qa_threshold, qa_dir=out_dir / "qa", progress=slices_bar, inferer=inferer,
                     max_voxels=max_voxels, volume=volume)
                 del volume
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                 record["seconds"] = round(time.perf_counter() - t0, 3)
-                if isinstance(exc, ConversionError):  # names the input, or the output it could not write
+                if isinstance(exc, CtmriError):  # names the input, or the output it could not write
                     record["error"] = str(exc) if exc.path == str(path) else f"{path}: {exc}"
                 else:
                     record["error"] = f"{path}: {type(exc).__name__}: {exc}"
-                if not isinstance(exc, ConversionError):
+                if not isinstance(exc, CtmriError):
                     record["traceback"] = traceback.format_exc(limit=6)
             else:
                 record.update(status="flagged" if result["qa"]["flagged"] else "ok", shape=result["shape"],
                               seconds=result["seconds"], qa=result["qa"], warnings=result["warnings"],
+                              value_range=result["value_range"], background_masked=result["background_masked"],
                               dicom_output=result["dicom_output"],
                               dicom_series_uid=result["dicom_series_uid"])
             finally:
@@ -374,7 +400,7 @@ def run_batch(
         "counts": status_counts(records),
         "files": records,
     }
-    write_json_atomic(summary, summary_path)
+    atomic_write_json(summary_path, summary)
     print(format_table(records), file=stream)
     print(f"summary: {summary_path}", file=stream)
     return 1 if summary["counts"]["failed"] else 0
@@ -425,7 +451,22 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--max-voxels", type=int, default=None,
                         help="refuse larger volumes (checked from the header; each voxel takes ~4 bytes as float32)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.add_argument("--no-mask-background", dest="mask_background", action="store_false",
+                        help="keep what the generator writes outside the input's head mask (default: air there)")
+    contract = parser.add_argument_group("contract overrides (each replaces what the checkpoint recorded; logged)")
+    contract.add_argument("--ct-window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                          help="HU range the CT training images were exported with (level 40 / width 120: -20 100)")
+    contract.add_argument("--framing", choices=("fit", "crop", "resize_crop", "spacing"), default=None,
+                          help="how slices are brought to the model's image size")
+    contract.add_argument("--pixdim", nargs=2, type=float, metavar=("PX", "PY"), default=None,
+                          help="in-plane mm of the 'spacing' framing")
     return parser
+
+
+def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The contract overrides given on the command line (only those set)."""
+    given = {k: getattr(args, k, None) for k in ("ct_window", "framing", "pixdim")}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def main_convert(args: argparse.Namespace) -> int:
@@ -436,7 +477,8 @@ def main_convert(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, device=args.device, amp=args.amp, overwrite=args.overwrite,
             dicom=args.dicom,
             series_uid=args.series_uid, progress=getattr(args, "progress", True),
-            qa_threshold=getattr(args, "qa_threshold", 0.90), max_voxels=getattr(args, "max_voxels", None))
+            qa_threshold=getattr(args, "qa_threshold", 0.90), max_voxels=getattr(args, "max_voxels", None),
+            mask_background=getattr(args, "mask_background", True), contract_overrides=contract_overrides(args))
     except (ValueError, OSError) as exc:  # checkpoint / argument problems, raised before any input is read
         print(f"ctmri convert: error: {exc}", file=sys.stderr)
         return 2

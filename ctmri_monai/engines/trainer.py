@@ -59,8 +59,11 @@ class CycleGANTrainer(Trainer):
         discriminator_mri: D_Y, is it MRI? Returns patch logits.
         g_optimizer: one optimiser over both generators.
         d_optimizer: one optimiser over both discriminators.
-        gan_mode: "lsgan" (reference default) or "bce" (the paper's log-likelihood form, with logits).
-        lambda_cycle: weight of the cycle-consistency L1 loss.
+        adversarial_loss: loss of a patch-logit map against real (True) or fake (False), as
+            ``loss(logits, target_is_real)`` (default `AdversarialLoss("lsgan")`, the reference's least squares).
+        cycle_loss: reconstruction loss ``loss(reconstructed, real)`` (default L1).
+        identity_loss: identity loss ``loss(generator(target-domain image), that image)`` (default L1).
+        lambda_cycle: weight of the cycle-consistency loss.
         lambda_identity: identity loss weight, relative to ``lambda_cycle`` (0 disables it).
         pool_ct, pool_mri: image-history pools of generated images (size 50 by default).
         amp: mixed precision on CUDA (bf16, or fp16 with a grad scaler); ignored on CPU.
@@ -74,7 +77,8 @@ class CycleGANTrainer(Trainer):
     def __init__(self, device: str | torch.device, max_epochs: int, train_data_loader: Any,
                  generator_ct2mri: nn.Module, generator_mri2ct: nn.Module, discriminator_ct: nn.Module,
                  discriminator_mri: nn.Module, g_optimizer: Optimizer, d_optimizer: Optimizer,
-                 gan_mode: str = "lsgan", lambda_cycle: float = 10.0, lambda_identity: float = 0.5,
+                 adversarial_loss: nn.Module | None = None, cycle_loss: nn.Module | None = None,
+                 identity_loss: nn.Module | None = None, lambda_cycle: float = 10.0, lambda_identity: float = 0.5,
                  pool_ct: ImagePool | None = None, pool_mri: ImagePool | None = None, epoch_length: int | None = None,
                  non_blocking: bool = False, amp: bool = False, channels_last: bool = False,
                  train_handlers: Sequence | None = None, iteration_update: Callable | None = None,
@@ -83,8 +87,9 @@ class CycleGANTrainer(Trainer):
         self.generator_ct2mri, self.generator_mri2ct = generator_ct2mri, generator_mri2ct
         self.discriminator_ct, self.discriminator_mri = discriminator_ct, discriminator_mri
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        self.adversarial = AdversarialLoss(gan_mode)
-        self.l1 = nn.L1Loss()
+        self.adversarial = adversarial_loss if adversarial_loss is not None else AdversarialLoss("lsgan")
+        self.cycle_loss = cycle_loss if cycle_loss is not None else nn.L1Loss()
+        self.identity_loss = identity_loss if identity_loss is not None else nn.L1Loss()
         self.lambda_cycle, self.lambda_identity = float(lambda_cycle), float(lambda_identity)
         self.pool_ct = pool_ct if pool_ct is not None else ImagePool(50)
         self.pool_mri = pool_mri if pool_mri is not None else ImagePool(50)
@@ -132,10 +137,11 @@ class CycleGANTrainer(Trainer):
         # The discriminators are frozen here: call them outside DDP, whose reducer would wait for their gradients.
         adv = self.adversarial(unwrap(self.discriminator_mri)(fake_mri), True) + self.adversarial(
             unwrap(self.discriminator_ct)(fake_ct), True)
-        cycle = (self.l1(rec_ct.float(), real_ct.float()) + self.l1(rec_mri.float(), real_mri.float()))
+        cycle = self.cycle_loss(rec_ct.float(), real_ct.float()) + self.cycle_loss(rec_mri.float(), real_mri.float())
         cycle = cycle * self.lambda_cycle
         if self.lambda_identity > 0:
-            idt = self.l1(g_y(real_mri).float(), real_mri.float()) + self.l1(g_x(real_ct).float(), real_ct.float())
+            idt = (self.identity_loss(g_y(real_mri).float(), real_mri.float())
+                   + self.identity_loss(g_x(real_ct).float(), real_ct.float()))
             idt = idt * self.lambda_cycle * self.lambda_identity
         else:
             idt = torch.zeros((), device=real_ct.device)

@@ -27,7 +27,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ctmri_monai import __version__
-from ctmri_monai.convert.io import DicomSeries
+from ctmri_monai.io.dicom_series import DicomSeries
 
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 STUDY_KEYWORDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber")

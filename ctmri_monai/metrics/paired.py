@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["CT_DATA_RANGE", "CT_HU_RANGE", "mae", "paired_metrics", "psnr", "ssim"]
+__all__ = ["CT_DATA_RANGE", "CT_HU_RANGE", "PairedAccumulator", "mae", "paired_metrics", "psnr", "ssim", "ssim_map"]
 
 CT_HU_RANGE = (-1024.0, 3000.0)
 CT_DATA_RANGE = CT_HU_RANGE[1] - CT_HU_RANGE[0]
@@ -75,37 +75,72 @@ def psnr(
     return math.inf if mse == 0 else 10.0 * math.log10(r * r / mse)
 
 
+def ssim_map(p: np.ndarray, t: np.ndarray, data_range: float, slicewise: bool = False, sigma: float = 1.5,
+             k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
+    """The SSIM map (Wang et al. 2004, Gaussian window) of two float64 arrays of one shape.
+
+    ``scipy.ndimage.gaussian_filter(sigma=1.5, truncate=3.5)`` (an 11-tap window, 'reflect' borders, as
+    scikit-image's ``gaussian_weights=True``; population covariances as in the paper). ``slicewise``: a 3D array is
+    filtered within each axial slice (last axis) only, as a 2D evaluation of those slices would be.
+    """
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    sigmas = (sigma, sigma, 0.0) if slicewise and p.ndim == 3 else sigma
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return gaussian_filter(x, sigma=sigmas, truncate=3.5, mode="reflect")
+
+    mu_p, mu_t = blur(p), blur(t)
+    var_p = blur(p * p) - mu_p * mu_p
+    var_t = blur(t * t) - mu_t * mu_t
+    cov = blur(p * t) - mu_p * mu_t
+    return ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+
+
 def ssim(
     pred: Any,
     target: Any,
     mask: Any = None,
     data_range: float | None = None,
     clip: tuple[float, float] | None = None,
-    sigma: float = 1.5,
-    k1: float = 0.01,
-    k2: float = 0.03,
+    slicewise: bool = False,
 ) -> float:
-    """Mean SSIM inside the mask (Wang et al. 2004, Gaussian window).
+    """Mean SSIM inside the mask (`ssim_map` over the whole image, averaged over the mask voxels).
 
-    The SSIM map is computed over the whole image (2D, or 3D with an isotropic-in-voxels window) with
-    ``scipy.ndimage.gaussian_filter(sigma=1.5, truncate=3.5)`` (an 11-tap window, 'reflect' borders, as
-    scikit-image's ``gaussian_weights=True``; population covariances as in the paper) and averaged over the
-    mask voxels. Uses our own implementation instead of ``monai.metrics.SSIMMetric``, whose map is
-    cropped to the valid-convolution region and cannot be averaged over an arbitrary mask.
+    Our own instead of ``monai.metrics.SSIMMetric``, whose map is cropped to the valid-convolution region and
+    cannot be averaged over an arbitrary mask.
     """
     p, t, m = _prepare(pred, target, mask, clip)
-    r = _range(t, m, data_range)
-    c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
+    return float(ssim_map(p, t, _range(t, m, data_range), slicewise)[m].mean())
 
-    def blur(x: np.ndarray) -> np.ndarray:
-        return gaussian_filter(x, sigma=sigma, truncate=3.5, mode="reflect")
 
-    mu_p, mu_t = blur(p), blur(t)
-    var_p = blur(p * p) - mu_p * mu_p
-    var_t = blur(t * t) - mu_t * mu_t
-    cov = blur(p * t) - mu_p * mu_t
-    smap = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
-    return float(smap[m].mean())
+class PairedAccumulator:
+    """MAE, PSNR and SSIM accumulated over the mask voxels of many image pairs (volumes or slices), so that a
+    volume and the same slices evaluated one by one give the same numbers. SSIM maps are 2D (``slicewise``)."""
+
+    def __init__(self, data_range: float, clip: tuple[float, float] | None = None) -> None:
+        self.data_range, self.clip = float(data_range), clip
+        self.abs_sum = self.sq_sum = self.ssim_sum = 0.0
+        self.count = 0
+
+    def add(self, pred: Any, target: Any, mask: Any) -> None:
+        """Add one pair (2D slice or (H, W, D) stack of axial slices); an empty mask adds nothing."""
+        if not np.asarray(_np(mask), dtype=bool).any():
+            return
+        p, t, m = _prepare(pred, target, mask, self.clip)
+        d = p[m] - t[m]
+        self.abs_sum += float(np.abs(d).sum())
+        self.sq_sum += float((d * d).sum())
+        self.ssim_sum += float(ssim_map(p, t, self.data_range, slicewise=True)[m].sum())
+        self.count += int(m.sum())
+
+    def result(self) -> dict[str, float]:
+        """``{"mae", "psnr", "ssim", "voxels"}`` over everything added (NaN when nothing was)."""
+        if self.count == 0:
+            return {"mae": math.nan, "psnr": math.nan, "ssim": math.nan, "voxels": 0}
+        mse = self.sq_sum / self.count
+        psnr_db = math.inf if mse == 0 else 10.0 * math.log10(self.data_range**2 / mse)
+        return {"mae": self.abs_sum / self.count, "psnr": psnr_db, "ssim": self.ssim_sum / self.count,
+                "voxels": self.count}
 
 
 def paired_metrics(

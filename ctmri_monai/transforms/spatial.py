@@ -1,0 +1,166 @@
+"""The one in-plane framing: how a 2D image or every axial slice of a volume becomes the network's S x S frame.
+
+The same class frames 2D training images (``(C, H, W)``) and volumes (``(C, X, Y, Z)``, axial slices along the
+last axis, which is never resampled), so a model sees volume slices exactly as it saw its training images. Rules
+(``SliceGeometry.framing``): "spacing" resamples to ``pixdim`` mm; "fit" scales the field of view so that its
+longer side is S px; "crop" keeps the (finer) pixel size; "resize_crop" scales the shorter side to
+``round(S * 286 / 256)`` px (the reference CycleGAN's load size). Then the frame is centre-cropped / padded with
+``background`` to S x S ("resize_crop": a random crop position in training).
+
+Resampling is MONAI's ``Resize`` (bilinear, Gaussian anti-aliasing when shrinking) on ``image - background``, so
+the anti-aliasing filter's zero padding and the crop / pad fill are both background. Every step is recorded in
+``applied_operations``; ``inverse`` (and ``Compose.inverse``) restores the input's grid exactly in shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
+from monai.transforms import (
+    CenterSpatialCrop,
+    InvertibleTransform,
+    MapTransform,
+    Randomizable,
+    RandSpatialCrop,
+    Resize,
+    ResizeWithPadOrCrop,
+)
+
+from ctmri_monai.io.errors import InputError
+from ctmri_monai.spec import FRAMINGS, SliceGeometry
+
+__all__ = ["HORIZONTAL_FLIP_AXIS", "InPlaneFrame", "InPlaneFramed", "framed_size", "in_plane_spacing"]
+
+HORIZONTAL_FLIP_AXIS = 1  # spatial axis of a (C, H, W) image (or a "PLS" axial slice) that runs left-right
+LOAD_SIZE_RATIO = 286 / 256  # the reference CycleGAN's load size for crops of 256
+
+
+def in_plane_spacing(img: torch.Tensor, source_pixdim: Sequence[float] | None = None) -> tuple[float, float]:
+    """Pixel size (mm) of the two in-plane axes: ``source_pixdim`` when given, else from a 3D image's affine,
+    else 1 (a 2D image file: pixels)."""
+    if source_pixdim is not None:
+        return float(source_pixdim[0]), float(source_pixdim[1])
+    if img.ndim == 4 and isinstance(img, MetaTensor):
+        spacing = np.asarray(affine_to_spacing(img.affine, r=3), dtype=np.float64)
+        return float(spacing[0]), float(spacing[1])
+    return 1.0, 1.0
+
+
+def framed_size(shape: Sequence[int], spacing: Sequence[float], image_size: int, framing: str,
+                pixdim: Sequence[float] | None = None) -> tuple[int, int]:
+    """The in-plane size an image of ``shape`` (two axes) with ``spacing`` is resampled to before crop / pad."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r}; expected one of {FRAMINGS}")
+    fov = [int(n) * float(s) for n, s in zip(shape, spacing, strict=True)]
+    if framing == "spacing":
+        target = [float(p) for p in pixdim]  # type: ignore[union-attr]
+    elif framing == "fit":
+        target = [max(fov) / image_size] * 2
+    elif framing == "crop":
+        target = [min(float(s) for s in spacing)] * 2
+    else:
+        load = int(round(image_size * LOAD_SIZE_RATIO))
+        target = [min(fov) / load] * 2
+        return tuple(max(load, int(round(f / t))) for f, t in zip(fov, target, strict=True))  # type: ignore
+    return tuple(max(1, int(round(f / t))) for f, t in zip(fov, target, strict=True))  # type: ignore[return-value]
+
+
+class InPlaneFrame(InvertibleTransform, Randomizable):
+    """Frame a ``(C, H, W)`` image or a ``(C, X, Y, Z)`` volume in-plane to ``image_size`` x ``image_size``.
+
+    Args:
+        image_size: S, the network's frame.
+        framing: "spacing", "fit", "crop" or "resize_crop" (module docstring).
+        pixdim: in-plane mm of the "spacing" framing.
+        source_pixdim: pixel size of 2D image files when known (a dataset card); volumes use their affine.
+        random_crop: "resize_crop" crops at a random position (training) instead of the centre.
+        background: the value of air in the input's scale ([-1, 1] network scale: -1).
+    """
+
+    def __init__(self, image_size: int, framing: str = "fit", pixdim: Sequence[float] | None = None,
+                 source_pixdim: Sequence[float] | None = None, random_crop: bool = False,
+                 background: float = -1.0) -> None:
+        self.geometry = SliceGeometry(image_size=image_size, framing=framing, pixdim=pixdim)
+        self.source_pixdim = source_pixdim
+        self.background = float(background)
+        s = self.geometry.image_size
+        self._resize = {2: Resize((s, s), mode="bilinear", anti_aliasing=True),
+                        3: Resize((s, s, -1), mode="bilinear", anti_aliasing=True)}
+        self._pad_or_crop = {2: ResizeWithPadOrCrop((s, s)), 3: ResizeWithPadOrCrop((s, s, -1))}
+        crop = RandSpatialCrop if random_crop and framing == "resize_crop" else CenterSpatialCrop
+        self._crop = {2: crop((s, s)), 3: crop((s, s, -1))}
+        self.random_crop = random_crop
+        self.last_resized_size: tuple[int, int] | None = None
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        for crop in self._crop.values():
+            if isinstance(crop, Randomizable):
+                crop.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass  # the inner RandSpatialCrop draws its own position
+
+    def _steps(self, ndim: int) -> list:
+        last = self._crop if self.geometry.framing == "resize_crop" else self._pad_or_crop
+        return [self._resize[ndim], last[ndim]]
+
+    def __call__(self, img: torch.Tensor) -> MetaTensor:
+        img = img if isinstance(img, MetaTensor) else MetaTensor(img)
+        ndim = img.ndim - 1
+        if ndim not in (2, 3):
+            name = img.meta.get("filename_or_obj", "<in-memory image>")
+            raise InputError(name, f"in-plane framing expects (C, H, W) or (C, X, Y, Z), got {tuple(img.shape)}")
+        size = framed_size(img.shape[1:3], in_plane_spacing(img, self.source_pixdim), self.geometry.image_size,
+                           self.geometry.framing, self.geometry.pixdim)
+        self.last_resized_size = size  # before crop / pad: the framing checks read it
+        resize, last = self._steps(ndim)
+        resize.spatial_size = size if ndim == 2 else (*size, -1)
+        return last(resize(img - self.background)) + self.background
+
+    def inverse(self, data: torch.Tensor) -> MetaTensor:
+        img = data - self.background  # MONAI refills cropped parts with 0: background after the shift
+        for step in reversed(self._steps(img.ndim - 1)):
+            img = step.inverse(img)
+        return img + self.background
+
+
+class InPlaneFramed(MapTransform, InvertibleTransform, Randomizable):
+    """Dictionary wrapper of `InPlaneFrame` (built from a `SliceGeometry` with `from_geometry`)."""
+
+    def __init__(self, keys: KeysCollection, image_size: int, framing: str = "fit",
+                 pixdim: Sequence[float] | None = None, source_pixdim: Sequence[float] | None = None,
+                 random_crop: bool = False, background: float = -1.0, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.frame = InPlaneFrame(image_size, framing, pixdim, source_pixdim, random_crop, background)
+
+    @classmethod
+    def from_geometry(cls, keys: KeysCollection, geometry: SliceGeometry, **kwargs: Any) -> InPlaneFramed:
+        return cls(keys, geometry.image_size, geometry.framing, geometry.pixdim, **kwargs)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.frame.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.frame(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.frame.inverse(d[key])
+        return d
