@@ -74,16 +74,23 @@ def run_demo(output_dir: str = "demo_output", minutes: float = 3.0, subjects: in
     print(f"  sample grid        {train_dir / 'samples' / 'samples_latest.png'}")
     print(f"  checkpoints        {train_dir / 'checkpoints'}")
     print(f"  results table      {train_dir / 'evaluation' / 'results.md'}")
-    if "mae_mri2ct_hu" in results:
-        print(f"  paired (phantoms)  synthetic CT MAE {results['mae_mri2ct_hu']:.1f} HU, "
-              f"SSIM {results['ssim_mri2ct']:.3f}; synthetic MRI SSIM {results['ssim_ct2mri']:.3f}")
+    print(f"  model contract     {results.get('contract')}")
+    if "volume_mae_mri2ct_hu_window" in results:
+        print("  paired (phantoms)  synthetic CT in the model's window | synthetic MRI, held-out subjects:")
+        for road, label in (("volume", "converted volumes"), ("slices", "same slices in 2D")):
+            if f"{road}_mae_mri2ct_hu_window" in results:
+                print(f"    {label:<18} MAE {results[f'{road}_mae_mri2ct_hu_window']:6.1f} HU, SSIM "
+                      f"{results[f'{road}_ssim_mri2ct_window']:.3f} | MAE {results[f'{road}_mae_ct2mri']:.3f}, "
+                      f"SSIM {results[f'{road}_ssim_ct2mri']:.3f}")
+        print(f"    whole HU range (the window cannot hold bone): MAE {results['volume_mae_mri2ct_hu']:.1f} HU")
     print(f"  FID ct2mri/mri2ct  {results.get('fid_ct2mri', float('nan')):.2f} / "
           f"{results.get('fid_mri2ct', float('nan')):.2f}  ({features} features)")
     print(f"  converted volumes  {out / 'converted'} (summary.json, qa/ montages)")
     for row in summary["files"]:
         qa = row.get("qa") or {}
         print(f"    {Path(row['file']).name}: {row['status']}, head-mask Dice min {qa.get('dice_min')} "
-              f"mean {qa.get('dice_mean')}, montage {qa.get('montage')}")
+              f"mean {qa.get('dice_mean')}; tissue invented in {len(qa.get('slices_tissue_in_air', []))} empty "
+              f"slice(s), written as background; montage {qa.get('montage')}")
     if any(row["status"] == "flagged" for row in summary["files"]):
         print("  (a few minutes of CPU training leave the anatomy unreliable: the QA report flags it, as it should)")
     return status

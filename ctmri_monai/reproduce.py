@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctmri_monai.bundle_paths import parse_override, run_bundle
+from ctmri_monai.bundle_paths import bundle_root, parse_override, run_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class ReproduceConfig:
     num_workers: int = 2
     threads: int | None = None
     overwrite: bool = False
+    dataset_card: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,6 +92,21 @@ def device_description(device: str) -> str:
     return device
 
 
+def paper_card(dataset_dir: str | os.PathLike, card: str | os.PathLike | None = None) -> str | None:
+    """The dataset card to train with: ``card`` when given; none when ``dataset_dir`` has its own dataset.json;
+    else the card the project ships for the paper's Kaggle set (CT PNGs exported with level 40 / width 120)."""
+    if card is not None or (Path(dataset_dir) / "dataset.json").is_file():
+        return None if card is None else str(card)
+    shipped = bundle_root() / "datasets" / "ct-to-mri-cgan" / "dataset.json"
+    logger.info("%s has no dataset.json: using the paper data's card %s", dataset_dir, shipped)
+    return str(shipped)
+
+
+def _card_override(cfg: ReproduceConfig) -> dict[str, Any]:
+    card = paper_card(cfg.dataset_dir, cfg.dataset_card)
+    return {} if card is None else {"dataset_card": card}
+
+
 def train_overrides(cfg: ReproduceConfig, backbone: str) -> dict[str, Any]:
     """Bundle overrides of the training run of ``backbone`` (user overrides win)."""
     out = Path(cfg.output_dir) / backbone
@@ -98,7 +114,7 @@ def train_overrides(cfg: ReproduceConfig, backbone: str) -> dict[str, Any]:
         "dataset_dir": str(cfg.dataset_dir), "output_dir": str(out), "backbone": backbone,
         "budget_minutes": cfg.budget_minutes, "resume": False, "image_size": cfg.image_size, "ngf": cfg.ngf,
         "ndf": cfg.ngf, "batch_size": cfg.batch_size, "fid_features": cfg.fid_features,
-        "num_workers": cfg.num_workers, **device_override(cfg.device),
+        "num_workers": cfg.num_workers, **device_override(cfg.device), **_card_override(cfg),
     }
     if backbone == "unet":
         overrides["num_downs"] = unet_num_downs(cfg.image_size)
@@ -110,7 +126,7 @@ def evaluate_overrides(cfg: ReproduceConfig, backbone: str, checkpoint: Path) ->
     user = {k: v for k, v in cfg.overrides.items() if k not in CHECKPOINT_KEYS | TRAIN_ONLY_KEYS}
     return {"dataset_dir": str(cfg.dataset_dir), "output_dir": str(Path(cfg.output_dir) / backbone),
             "checkpoint": str(checkpoint), "fid_features": cfg.fid_features, "num_workers": cfg.num_workers,
-            **device_override(cfg.device)} | user
+            **device_override(cfg.device), **_card_override(cfg)} | user
 
 
 def training_throughput(tensorboard_dir: Path, tag: str = "loss_G") -> tuple[int, float] | None:
@@ -328,6 +344,9 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is much faster than 2 on a busy 2-core machine)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing OUT/<backbone> runs")
+    parser.add_argument("--dataset-card", default=None,
+                        help="dataset.json for the images (default: DIR/dataset.json, else the card shipped for the "
+                             "paper's Kaggle set)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="extra bundle override for every run, e.g. --set n_blocks=6 (repeatable)")
 
@@ -338,7 +357,7 @@ def main_reproduce(args: argparse.Namespace) -> int:
                           budget_minutes=args.budget_minutes, image_size=args.image_size, ngf=args.ngf,
                           device=args.device, batch_size=args.batch_size, backbones=tuple(args.backbones),
                           fid_features=args.fid_features, num_workers=args.num_workers, threads=args.threads,
-                          overwrite=args.overwrite,
+                          overwrite=args.overwrite, dataset_card=args.dataset_card,
                           overrides=overrides)
     reproduce(cfg)
     print((Path(cfg.output_dir) / "table.md").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,8 @@ def every(n: int) -> Callable[[Engine, int], bool]:
 
 
 class TrainingProgress:
-    """Ignite's ``ProgressBar`` per epoch, showing the generator and discriminator losses (rank 0 only)."""
+    """Ignite's ``ProgressBar`` per epoch, showing the generator and discriminator losses, on rank 0 and only when
+    stderr is a terminal (in a log file every refresh would be a line)."""
 
     def __init__(self, enabled: bool = True, keys: tuple[str, ...] = ("loss_G", "loss_D_ct", "loss_D_mri")) -> None:
         self.enabled, self.keys = bool(enabled), keys
@@ -28,5 +30,5 @@ class TrainingProgress:
         return {k: output[k] for k in self.keys if isinstance(output, dict) and k in output}
 
     def attach(self, engine: Engine) -> None:
-        if self.enabled and idist.get_rank() == 0:
+        if self.enabled and idist.get_rank() == 0 and sys.stderr.isatty():
             ProgressBar(persist=False, desc="train").attach(engine, output_transform=self._losses)
