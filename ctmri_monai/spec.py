@@ -182,6 +182,12 @@ class ModelSpec:
     def generator_kwargs(self) -> dict[str, Any]:
         return asdict(self.network)
 
+    def describe_network(self) -> str:
+        """The architecture in one line, for errors about weights that do not fit."""
+        n = self.network
+        return (f"backbone={n.backbone}, ngf={n.ngf}, in/out channels {n.in_channels}/{n.out_channels}, "
+                f"image_size={self.geometry.image_size}")
+
     def describe(self) -> str:
         """One paragraph for logs and reports."""
         return (f"trained on {self.layout}; CT: {self.ct.describe()} (stored as {self.ct.stored_as}); MRI: "

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctmri_monai.amp import autocast, autocast_dtype
-from ctmri_monai.benchmarking import (
+from ctmri_monai.apps.benchmarking import (
     FlopCount,
     format_table,
     machine_info,
@@ -38,6 +37,7 @@ from ctmri_monai.benchmarking import (
     synchronize,
     write_json,
 )
+from ctmri_monai.utils.amp import autocast, autocast_dtype
 
 FULL = {"image_size": 256, "ngf": 64, "n_blocks": 9, "num_downs": 8}
 QUICK = {"image_size": 32, "ngf": 4, "n_blocks": 1, "num_downs": 5}
@@ -55,7 +55,7 @@ def write_phantom_ct(folder: Path, size: int, slices: int) -> Path:
 
 def build_generator(args: argparse.Namespace, spec: dict[str, Any], device: torch.device) -> tuple[nn.Module, str]:
     if args.checkpoint:
-        from ctmri_monai.checkpoint import load_generator
+        from ctmri_monai.networks.loading import load_generator
 
         net, info = load_generator(args.checkpoint, "ct2mri", device)
         return net, f"{args.checkpoint} ({info['spec'].network.backbone})"

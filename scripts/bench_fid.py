@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ctmri_monai.benchmarking import machine_info, synchronize, write_json
+from ctmri_monai.apps.benchmarking import machine_info, synchronize, write_json
 from ctmri_monai.metrics import InceptionFeatures, RandomFeatures, frechet_distance, kernel_inception_distance
 
 

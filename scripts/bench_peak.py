@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ctmri_monai.benchmarking import machine_info, resolve_device, synchronize, write_json
+from ctmri_monai.apps.benchmarking import machine_info, resolve_device, synchronize, write_json
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ctmri_monai.benchmarking import (
+from ctmri_monai.apps.benchmarking import (
     FlopCount,
     format_table,
     machine_info,
@@ -158,10 +158,10 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
     else:
         from ignite.engine import Events
 
-        from ctmri_monai.amp import autocast_dtype
         from ctmri_monai.engines import CycleGANTrainer
-        from ctmri_monai.pool import ImagePool
-        from ctmri_monai.speed import configure_backends, maybe_compile
+        from ctmri_monai.engines.pool import ImagePool
+        from ctmri_monai.utils.amp import autocast_dtype
+        from ctmri_monai.utils.speed import configure_backends, maybe_compile
 
         configure_backends(device, True)
         for net in nets:

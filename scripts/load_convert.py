@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from ctmri_monai.benchmarking import machine_info, reset_peak_rss, rss_bytes, write_json
+from ctmri_monai.apps.benchmarking import machine_info, reset_peak_rss, rss_bytes, write_json
 
 
 def rss_mb(field: str = "VmRSS") -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctmri_monai.preview import save_preview
+from ctmri_monai.apps.preview import save_preview
 
 
 def main() -> int:

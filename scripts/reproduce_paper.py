@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from ctmri_monai.reproduce import main
+from ctmri_monai.apps.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

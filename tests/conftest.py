@@ -63,7 +63,7 @@ def write_tiny_checkpoint(path: Path, image_size: int = 32, pixdim: tuple[float,
     """A checkpoint of two tiny untrained ResNet generators with its model_spec, as training writes it."""
     import torch
 
-    from ctmri_monai.checkpoint import atomic_torch_save
+    from ctmri_monai.io.checkpoint_file import atomic_torch_save
     from ctmri_monai.networks import define_generator
 
     torch.manual_seed(0)

@@ -29,21 +29,15 @@ from conftest import CONFIGS, make_spec
 from pydicom.encaps import encapsulate
 from test_convert import Identity, head_hu, leftovers, save_nifti, write_ct_series
 
-from ctmri_monai.checkpoint import (
-    CheckpointError,
-    ResumeHandler,
-    UnsafeCheckpointError,
-    atomic_torch_save,
-    latest_checkpoint,
-    load_checkpoint,
-    load_generator_weights,
-)
 from ctmri_monai.convert import add_convert_arguments, convert_volume, main_convert, run_batch
 from ctmri_monai.data import build_unpaired_dataset, spec_for_dataset
+from ctmri_monai.handlers.checkpoint import ResumeHandler, latest_checkpoint
 from ctmri_monai.io import ContractError, InputError, VolumeTooLargeError, find_input_error, select_dicom_series
+from ctmri_monai.io.checkpoint_file import CheckpointError, UnsafeCheckpointError, atomic_torch_save, load_checkpoint
 from ctmri_monai.metrics.factory import build_feature_extractor
 from ctmri_monai.metrics.features import FeatureNetworkNotFoundError, InceptionFeatures
 from ctmri_monai.networks import define_generator
+from ctmri_monai.networks.loading import load_generator_weights
 from ctmri_monai.spec import ModelSpec, NetworkSpec, SliceGeometry
 
 S = 32

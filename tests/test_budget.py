@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctmri_monai.budget import TimeBudgetHandler
-from ctmri_monai.schedule import cyclegan_scheduler
+from ctmri_monai.engines.schedule import cyclegan_scheduler
+from ctmri_monai.handlers.budget import TimeBudgetHandler
 
 
 @pytest.mark.parametrize("plans", [{30: 200}, {30: 200, 120: 260, 180: 230}, {5: 40, 25: 400, 300: 320}])
@@ -41,7 +41,7 @@ def test_validation_time_is_measured_early_and_the_run_ends_inside_the_budget() 
 
     from ignite.engine import Engine, Events
 
-    from ctmri_monai.budget import ValidateOnCompleted
+    from ctmri_monai.handlers.budget import ValidateOnCompleted
 
     runs: list[float] = []
 

@@ -10,8 +10,8 @@ import pytest
 from conftest import CONFIGS, TINY_OVERRIDES, run_bundle_cli
 from monai.bundle import ConfigWorkflow
 
-from ctmri_monai.checkpoint import load_checkpoint
-from ctmri_monai.schedule import LinearDecayRule
+from ctmri_monai.engines.schedule import LinearDecayRule
+from ctmri_monai.io.checkpoint_file import load_checkpoint
 
 
 def test_train_config_has_every_required_property(tiny_phantoms: Path) -> None:

@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctmri_monai.checkpoint import (
-    CheckpointError,
-    atomic_torch_save,
-    latest_checkpoint,
-    load_checkpoint,
-    load_generator,
-    load_generator_weights,
-)
+from ctmri_monai.handlers.checkpoint import latest_checkpoint
+from ctmri_monai.io.checkpoint_file import CheckpointError, atomic_torch_save, load_checkpoint
 from ctmri_monai.networks import define_generator
+from ctmri_monai.networks.loading import load_generator, load_generator_weights
 from ctmri_monai.spec import ModelSpec, NetworkSpec
 
 

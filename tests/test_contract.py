@@ -25,11 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctmri_monai.checkpoint import atomic_torch_save, read_model_spec
-from ctmri_monai.cli import main as ctmri
+from ctmri_monai.apps.cli import main as ctmri
 from ctmri_monai.data import dataset_transforms, spec_for_dataset
 from ctmri_monai.io import ContractError
+from ctmri_monai.io.checkpoint_file import atomic_torch_save
 from ctmri_monai.networks import define_generator
+from ctmri_monai.networks.loading import read_model_spec
 from ctmri_monai.phantoms import make_phantoms, radiological_slice
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms import head_mask, image_pipeline

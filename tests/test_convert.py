@@ -619,7 +619,7 @@ def test_collect_inputs_names_and_exclusions(tmp_path: Path) -> None:
     found = collect_inputs([data, data / "a.nii.gz"], exclude=[data / "sub"])
     names = sorted(p.name for p, problem in found if problem is None)
     assert names == ["a.nii.gz", "b.nii", "broken.nii.gz", "series1"]
-    from ctmri_monai.convert.batch import output_names
+    from ctmri_monai.convert.inputs import output_names
 
     both = [data / "a.nii.gz", data / "sub" / "a.nii.gz"]
     assert output_names(both, "ct2mri") == ["data_a_ct2mri", "sub_a_ct2mri"]

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from conftest import make_spec
 
-import ctmri_monai.checkpoint as checkpoint_module  # noqa: E402
 import ctmri_monai.networks as networks  # noqa: E402
 from ctmri_monai.convert import add_convert_arguments, main_convert
+from ctmri_monai.utils.hashing import file_sha256  # noqa: E402
 
 
 def _checkpoint(path: Path) -> Path:
@@ -43,7 +43,7 @@ def test_main_convert_with_a_real_checkpoint(tmp_path: Path) -> None:
     assert status == 0
     img = nib.load(out / "ct_ct2mri.nii.gz")
     assert img.shape == (30, 30, 4) and np.allclose(img.affine, affine)
-    sha = checkpoint_module.file_sha256(ckpt)
+    sha = file_sha256(ckpt)
     assert img.header["descrip"].item().decode() == f"SYNTHETIC ct2mri model=tiny.pt:{sha[:12]}"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["sha256"] == sha and summary["files"][0]["status"] in ("ok", "flagged")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from conftest import REPO, TINY_OVERRIDES, bundle_cmd, run_bundle_cli
 
-from ctmri_monai.checkpoint import load_checkpoint
+from ctmri_monai.io.checkpoint_file import load_checkpoint
 
 N_EPOCHS, N_EPOCHS_DECAY, N_SAVED = 2, 2, 2
 MAX_EPOCHS = N_EPOCHS + N_EPOCHS_DECAY

@@ -16,22 +16,17 @@ import torch.multiprocessing as mp
 from conftest import REPO, TINY_OVERRIDES, bundle_cmd
 from ignite.engine import Events
 
-from ctmri_monai.checkpoint import load_checkpoint, load_generator
-from ctmri_monai.distributed import (
-    ReplicaSyncCheck,
-    free_port,
-    rank_handlers,
-    shard_inputs,
-    state_dict_sha256,
-    unwrap,
-    wrap_ddp,
-)
 from ctmri_monai.engines import CycleGANTrainer
+from ctmri_monai.engines.pool import ImagePool
 from ctmri_monai.handlers import SampleGridHandler
+from ctmri_monai.handlers.replica import ReplicaSyncCheck, rank_handlers
+from ctmri_monai.io.checkpoint_file import load_checkpoint
 from ctmri_monai.metrics import RandomFeatures
 from ctmri_monai.metrics.ignite_metrics import TranslationFeatures
 from ctmri_monai.networks import define_discriminator, define_generator
-from ctmri_monai.pool import ImagePool
+from ctmri_monai.networks.loading import load_generator
+from ctmri_monai.utils.distributed import free_port, shard_inputs, unwrap, wrap_ddp
+from ctmri_monai.utils.hashing import state_dict_sha256
 
 NETWORK_KEYS = ("generator_ct2mri", "generator_mri2ct", "discriminator_ct", "discriminator_mri")
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ctmri_monai.engines import CycleGANEvaluator, CycleGANTrainer
+from ctmri_monai.engines.pool import ImagePool
+from ctmri_monai.engines.schedule import cyclegan_scheduler
 from ctmri_monai.engines.trainer import LOSS_KEYS
 from ctmri_monai.losses import AdversarialLoss
 from ctmri_monai.networks import define_discriminator, define_generator
-from ctmri_monai.pool import ImagePool
-from ctmri_monai.schedule import cyclegan_scheduler
 
 
 def _tiny_trainer(gan_mode: str, batches: list[dict], max_epochs: int = 1, lambda_identity: float = 0.5):

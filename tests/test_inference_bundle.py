@@ -15,7 +15,7 @@ import torch
 from conftest import CONFIGS, REPO, run_bundle_cli, write_tiny_checkpoint
 from monai.bundle import ConfigWorkflow
 
-from ctmri_monai.checkpoint import load_generator
+from ctmri_monai.networks.loading import load_generator
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 from ignite.engine import Engine
 from ignite.metrics import MetricsLambda
 
+from ctmri_monai.engines.evaluator import lower_is_better
 from ctmri_monai.metrics import (
     CT_DATA_RANGE,
     CT_HU_RANGE,
@@ -23,7 +24,6 @@ from ctmri_monai.metrics import (
     frechet_distance,
     frechet_distance_from_stats,
     kernel_inception_distance,
-    lower_is_better,
     mae,
     mmd2_unbiased,
     paired_metrics,

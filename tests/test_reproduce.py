@@ -13,17 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ctmri_monai.bundle_paths import parse_override, run_bundle
-from ctmri_monai.checkpoint import load_checkpoint
-from ctmri_monai.preview import preview_grid
-from ctmri_monai.reproduce import (
+from ctmri_monai.apps.bundle_paths import parse_override, run_bundle
+from ctmri_monai.apps.preview import preview_grid
+from ctmri_monai.apps.reproduce import (
     ReproduceConfig,
     main,
     reproduce,
     training_throughput,
     unet_num_downs,
 )
-from ctmri_monai.schedule import LinearDecayRule
+from ctmri_monai.engines.schedule import LinearDecayRule
+from ctmri_monai.io.checkpoint_file import load_checkpoint
 
 # Tiny networks; 6 training images per domain with val_fraction 0.34 leave 2 for validation (FID needs 2).
 TINY = {"image_size": 32, "ngf": 4, "ndf": 4, "n_blocks": 1, "batch_size": 2, "num_workers": 0,

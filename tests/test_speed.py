@@ -11,10 +11,10 @@ from conftest import CONFIGS
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
-from ctmri_monai.amp import autocast, autocast_dtype, grad_scaler
 from ctmri_monai.engines import CycleGANTrainer
 from ctmri_monai.networks import define_discriminator, define_generator
-from ctmri_monai.speed import configure_backends, is_compiled, maybe_compile
+from ctmri_monai.utils.amp import autocast, autocast_dtype, grad_scaler
+from ctmri_monai.utils.speed import configure_backends, is_compiled, maybe_compile
 
 
 def _nets() -> list[torch.nn.Module]:

@@ -1,13 +1,8 @@
 """Slice-wise conversion of NIfTI / DICOM volumes with a trained generator, on its contract and the input's grid."""
 
-from ctmri_monai.convert.batch import (
-    BatchConverter,
-    add_convert_arguments,
-    collect_inputs,
-    main_convert,
-    resolve_contract,
-    run_batch,
-)
+from ctmri_monai.convert.batch import BatchConverter, resolve_contract, run_batch
+from ctmri_monai.convert.cli import add_convert_arguments, main_convert
+from ctmri_monai.convert.inputs import collect_inputs
 from ctmri_monai.convert.pipeline import convert_volume
 from ctmri_monai.convert.qa import consistency_report, save_montage
 from ctmri_monai.engines.slices import infer_slices, valid_range

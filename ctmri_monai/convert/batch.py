@@ -1,16 +1,14 @@
 """Batch conversion: many NIfTI / DICOM / .mha / .nrrd inputs with one generator, robust to bad files.
 
-Inputs are files, folders (image files inside and DICOM series sub-folders, searched recursively) or ``.txt``
-list files (one path per line, ``#`` comments; relative paths are taken from the current folder, then from
-the list's folder). Each input gives ``<stem>_<direction>.nii.gz`` in the output folder (plus, with
-``dicom=True`` and DICOM input, a ``<stem>_<direction>_dicom/`` series), a QA montage in ``qa/``, and a row
-in ``summary.json``. Finished outputs are skipped unless ``overwrite``; a failing file is reported and
-the batch goes on; the exit status is 1 when any file failed.
+Inputs (`ctmri_monai.convert.inputs`): files, folders of volumes and DICOM series, or ``.txt`` lists. Each
+input gives ``<stem>_<direction>.nii.gz`` in the output folder (plus, with ``dicom=True`` and DICOM input, a
+``<stem>_<direction>_dicom/`` series), a QA montage in ``qa/``, and a row in ``summary.json``. Finished outputs
+are skipped unless ``overwrite``; a failing file is reported and the batch goes on; the exit status is 1 when any
+file failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -18,7 +16,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,118 +24,16 @@ from typing import Any
 import torch
 
 from ctmri_monai import DIRECTIONS
+from ctmri_monai.convert.inputs import collect_inputs, output_names
 from ctmri_monai.convert.pipeline import convert_volume
-from ctmri_monai.distributed import distributed_env, resolve_device, shard_inputs
 from ctmri_monai.io.atomic import atomic_write_json
 from ctmri_monai.io.errors import ContractError, CtmriError, InputError
-from ctmri_monai.io.paths import SUPPORTED_SUFFIXES, is_dicom_folder, path_stem, path_suffix
 from ctmri_monai.io.volume import load_volume
 from ctmri_monai.spec import ModelSpec
+from ctmri_monai.utils.device import resolve_device
+from ctmri_monai.utils.distributed import process_rank, shard_inputs
 
 logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------ input discovery
-
-
-def _list_file_entries(list_file: Path) -> list[str]:
-    entries = []
-    for line in list_file.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = Path(line).expanduser()
-        if not path.is_absolute() and not path.exists() and (list_file.parent / path).exists():
-            path = list_file.parent / path
-        entries.append(str(path))
-    return entries
-
-
-def _scan_folder(folder: Path, exclude: Sequence[Path]) -> list[Path]:
-    found: list[Path] = []
-    for root, dirs, files in os.walk(folder):
-        here = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in exclude)
-        if is_dicom_folder(here):
-            found.append(here)
-        found.extend(here / f for f in sorted(files)
-                     if not f.startswith(".") and path_suffix(f) in SUPPORTED_SUFFIXES)
-    return found
-
-
-def collect_inputs(inputs: Iterable[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()) -> list[
-        tuple[Path, str | None]]:
-    """Expand inputs into (path, problem) pairs: volumes to convert, or entries that cannot be (problem set).
-
-    Duplicates are dropped; ``exclude`` folders (e.g. the output folder) are not searched.
-    """
-    excluded = [Path(e).resolve() for e in exclude]
-    out: list[tuple[Path, str | None]] = []
-    seen: set[Path] = set()
-
-    def add(path: Path, problem: str | None = None) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append((path, problem))
-
-    def visit(item: str | os.PathLike, depth: int = 0) -> None:
-        path = Path(item).expanduser()
-        if not path.exists():
-            add(path, "does not exist")
-        elif path.is_dir():
-            found = _scan_folder(path, excluded)
-            if not found:
-                add(path, "folder holds no NIfTI / .mha / .nrrd files and no DICOM series")
-            for f in found:
-                add(f)
-        elif path.suffix.lower() == ".txt" and depth < 3:
-            try:
-                entries = _list_file_entries(path)
-            except (OSError, UnicodeDecodeError) as exc:
-                add(path, f"cannot read list file ({exc})")
-                return
-            if not entries:
-                add(path, "list file names no inputs")
-            for entry in entries:
-                visit(entry, depth + 1)
-        else:
-            add(path)
-
-    for item in inputs:
-        visit(item)
-    return out
-
-
-def output_names(paths: Sequence[Path], direction: str) -> list[str]:
-    """``<stem>_<direction>`` per input; clashing stems get their parent folder names prepended (up to three,
-    e.g. ``volumes_ct_subj000`` and ``dicom_ct_subj000``), then a counter."""
-    stems = [path_stem(p) for p in paths]
-    depth = [0] * len(paths)
-
-    def name(i: int) -> str:
-        parts = paths[i].parent.parts[-depth[i]:] if depth[i] else ()
-        parents = [part for part in parts if part not in ("/", "")]
-        return "_".join([*parents, stems[i]])
-
-    for _ in range(4):
-        names = [name(i) for i in range(len(paths))]
-        clashing = {n for n in names if names.count(n) > 1}
-        if not clashing:
-            break
-        for i, n in enumerate(names):
-            if n in clashing and depth[i] < 3:
-                depth[i] += 1
-    names = [name(i) for i in range(len(paths))]
-    unique, used = [], set()
-    for n in names:
-        base, k = n, 2
-        while n in used:
-            n, k = f"{base}_{k}", k + 1
-        used.add(n)
-        unique.append(f"{n}_{direction}")
-    return unique
-
 
 # ----------------------------------------------------------------------------------------------- reporting
 
@@ -186,7 +82,7 @@ def _progress(total: int, enabled: bool, **kwargs: Any) -> Any:
 
 
 def _default_loader(checkpoint: str | os.PathLike, direction: str, device: str) -> tuple[Any, dict]:
-    from ctmri_monai.checkpoint import load_generator
+    from ctmri_monai.networks.loading import load_generator
 
     return load_generator(checkpoint, direction, device)
 
@@ -288,7 +184,7 @@ def run_batch(
     (1 when any input failed, else 0).
 
     The generator comes from ``checkpoint`` through ``load_model(path, direction, device) -> (module, info)``
-    (default ``ctmri_monai.checkpoint.load_generator``), or is given directly as ``generator`` with ``spec`` (or a
+    (default ``ctmri_monai.networks.loading.load_generator``), or is given directly as ``generator`` with ``spec`` (or a
     ``model_info`` holding it). The model's contract (`ModelSpec`) alone decides the preprocessing;
     ``contract_overrides`` (``ct_window``, ``framing``, ``pixdim``, ``mri_percentiles``) replace parts of it, each
     logged. A model whose contract cannot map HU (an unknown CT window) is refused before any input is read.
@@ -325,7 +221,7 @@ def run_batch(
 
     items = collect_inputs(inputs, exclude=[out_dir])
     names = output_names([p for p, _ in items], direction)  # from the full list: the same names on every rank
-    env_rank, env_world, _ = distributed_env()
+    env_rank, env_world = process_rank()
     rank = env_rank if rank is None else int(rank)
     world_size = env_world if world_size is None else int(world_size)
     summary_path = out_dir / "summary.json"
@@ -425,60 +321,3 @@ class BatchConverter:
         return self.status
 
     __call__ = run
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``ctmri convert``."""
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="NIfTI/.mha/.nrrd files, DICOM series folders, folders of those, or .txt lists")
-    parser.add_argument("--direction", required=True, choices=sorted(DIRECTIONS))
-    parser.add_argument("--checkpoint", required=True, help="checkpoint .pt written by training")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="slices per generator call (default: 16 on CUDA, 1 on the CPU)")
-    parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (default)")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                        help="mixed precision on CUDA (bf16 where supported)")
-    parser.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
-    parser.add_argument("--dicom", action="store_true",
-                        help="also write a synthetic DICOM series for DICOM inputs")
-    parser.add_argument("--series-uid", default=None, help="SeriesInstanceUID to use in multi-series folders")
-    parser.add_argument("--qa-threshold", type=float, default=0.90,
-                        help="flag slices with head-mask Dice below")
-    parser.add_argument("--max-voxels", type=int, default=None,
-                        help="refuse larger volumes (checked from the header; each voxel takes ~4 bytes as float32)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    parser.add_argument("--no-mask-background", dest="mask_background", action="store_false",
-                        help="keep what the generator writes outside the input's head mask (default: air there)")
-    contract = parser.add_argument_group("contract overrides (each replaces what the checkpoint recorded; logged)")
-    contract.add_argument("--ct-window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
-                          help="HU range the CT training images were exported with (level 40 / width 120: -20 100)")
-    contract.add_argument("--framing", choices=("fit", "crop", "resize_crop", "spacing"), default=None,
-                          help="how slices are brought to the model's image size")
-    contract.add_argument("--pixdim", nargs=2, type=float, metavar=("PX", "PY"), default=None,
-                          help="in-plane mm of the 'spacing' framing")
-    return parser
-
-
-def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The contract overrides given on the command line (only those set)."""
-    given = {k: getattr(args, k, None) for k in ("ct_window", "framing", "pixdim")}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def main_convert(args: argparse.Namespace) -> int:
-    """Run ``ctmri convert`` from parsed arguments; returns the exit status (2: model not loadable)."""
-    try:
-        return run_batch(
-            args.inputs, args.output_dir, args.direction, checkpoint=args.checkpoint,
-            batch_size=args.batch_size, device=args.device, amp=args.amp, overwrite=args.overwrite,
-            dicom=args.dicom,
-            series_uid=args.series_uid, progress=getattr(args, "progress", True),
-            qa_threshold=getattr(args, "qa_threshold", 0.90), max_voxels=getattr(args, "max_voxels", None),
-            mask_background=getattr(args, "mask_background", True), contract_overrides=contract_overrides(args))
-    except (ValueError, OSError) as exc:  # checkpoint / argument problems, raised before any input is read
-        print(f"ctmri convert: error: {exc}", file=sys.stderr)
-        return 2

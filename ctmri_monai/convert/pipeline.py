@@ -19,6 +19,7 @@ import nibabel as nib
 import torch
 from monai.inferers import SliceInferer
 
+from ctmri_monai import DOMAINS
 from ctmri_monai.convert.qa import consistency_report, save_montage
 from ctmri_monai.engines.slices import translate_volume, valid_range
 from ctmri_monai.io.errors import ContractError, InputError
@@ -27,8 +28,6 @@ from ctmri_monai.io.paths import path_stem
 from ctmri_monai.io.volume import Volume, load_volume
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.checks import check_contract
-
-DOMAINS = ("ct", "mri")
 
 
 def synthetic_description(source: str, target: str, model_info: Mapping[str, Any] | None = None,

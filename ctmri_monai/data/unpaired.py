@@ -12,6 +12,7 @@ import numpy as np
 from monai.transforms import Compose, Randomizable
 from torch.utils.data import Dataset
 
+from ctmri_monai import DOMAINS
 from ctmri_monai.data.card import find_card
 from ctmri_monai.data.folders import detect_layout, split_files
 from ctmri_monai.data.images import ImageFolderDataset
@@ -23,7 +24,6 @@ from ctmri_monai.transforms.pipelines import image_pipeline, volume_pipeline
 __all__ = ["UnpairedDataset", "build_unpaired_dataset", "dataset_transforms"]
 
 logger = logging.getLogger(__name__)
-DOMAINS = ("ct", "mri")
 
 
 class UnpairedDataset(Dataset, Randomizable):

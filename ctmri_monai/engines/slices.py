@@ -20,7 +20,6 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 
-from ctmri_monai.amp import autocast, autocast_dtype
 from ctmri_monai.io.errors import CtmriError, InputError
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.checks import check_framing
@@ -29,6 +28,7 @@ from ctmri_monai.transforms.intensity import ct_from_unit
 from ctmri_monai.transforms.mask import head_mask
 from ctmri_monai.transforms.pipelines import volume_pipeline
 from ctmri_monai.transforms.spatial import InPlaneFramed
+from ctmri_monai.utils.amp import autocast, autocast_dtype
 
 __all__ = ["BACKGROUND", "Translation", "infer_slices", "to_target_domain", "translate_volume", "valid_range"]
 

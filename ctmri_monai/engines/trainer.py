@@ -1,10 +1,9 @@
-"""CycleGAN training and evaluation engines on MONAI's Ignite workflows.
+"""The CycleGAN trainer on MONAI's Ignite workflow.
 
 ``CycleGANTrainer`` runs one CycleGAN iteration per batch of unpaired CT/MRI slices: a generator step
 (adversarial loss both ways + lambda_cycle * cycle L1 + lambda_cycle * lambda_identity * identity L1), then a
 discriminator step on image-history pools with the loss halved. It fires MONAI's ``IterationEvents`` so MONAI
 handlers (checkpoints, stats, TensorBoard, validation, LR schedules) attach as to any MONAI trainer.
-``CycleGANEvaluator`` translates a validation or test set both ways for metrics such as FID.
 """
 
 from __future__ import annotations
@@ -13,24 +12,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.engines import Evaluator, Trainer
+from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
 from monai.inferers import Inferer, SimpleInferer
-from monai.networks.utils import eval_mode
 from torch import nn
 from torch.optim import Optimizer
 
-from ctmri_monai.amp import autocast, autocast_dtype, grad_scaler
-from ctmri_monai.distributed import unwrap
+from ctmri_monai.engines.pool import ImagePool
 from ctmri_monai.losses import AdversarialLoss
-from ctmri_monai.metrics.ignite_metrics import lower_is_better
-from ctmri_monai.pool import ImagePool
+from ctmri_monai.utils.amp import autocast, autocast_dtype, grad_scaler
+from ctmri_monai.utils.distributed import unwrap
 
 LOSS_KEYS = ("loss_G", "loss_G_adv", "loss_cycle", "loss_idt", "loss_D_ct", "loss_D_mri")
 
 
-def _to_device(batch: dict, device: torch.device, non_blocking: bool, channels_last: bool) -> dict:
+def to_device(batch: dict, device: torch.device, non_blocking: bool, channels_last: bool) -> dict:
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
@@ -41,7 +38,7 @@ def _to_device(batch: dict, device: torch.device, non_blocking: bool, channels_l
     return out
 
 
-def _as_plain(x: torch.Tensor) -> torch.Tensor:
+def as_plain(x: torch.Tensor) -> torch.Tensor:
     """Drop MONAI metadata so networks see plain tensors (faster, and safe under autocast)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else x
 
@@ -154,8 +151,8 @@ class CycleGANTrainer(Trainer):
     def _iteration(self, engine: CycleGANTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
-        batch = _to_device(batchdata, engine.state.device, engine.non_blocking, self.channels_last)
-        real_ct, real_mri = _as_plain(batch["ct"]), _as_plain(batch["mri"])
+        batch = to_device(batchdata, engine.state.device, engine.non_blocking, self.channels_last)
+        real_ct, real_mri = as_plain(batch["ct"]), as_plain(batch["mri"])
         engine.state.batch = batch
         discriminators = (self.discriminator_ct, self.discriminator_mri)
 
@@ -180,47 +177,5 @@ class CycleGANTrainer(Trainer):
         losses = [g[k] for k in LOSS_KEYS[:4]] + [loss_d_ct, loss_d_mri]
         values = torch.stack([v.detach().float() for v in losses]).tolist()  # one device-to-host copy
         engine.state.output = dict(zip(LOSS_KEYS, values, strict=True))
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
-
-
-class CycleGANEvaluator(Evaluator):
-    """Translates every item of an evaluation set both ways; metrics read the output dict.
-
-    Output per batch: "real_ct", "real_mri", "fake_ct", "fake_mri" (float32, N x C x H x W in [-1, 1]) and
-    "ct_valid", "mri_valid" (bool N): the unpaired evaluation set pads the shorter domain, and metrics skip
-    the padding items. Fake MRI is valid where the CT was, fake CT where the MRI was.
-    """
-
-    def __init__(self, device: str | torch.device, val_data_loader: Any, generator_ct2mri: nn.Module,
-                 generator_mri2ct: nn.Module, key_val_metric: dict | None = None,
-                 additional_metrics: dict | None = None, metric_cmp_fn: Callable = lower_is_better,
-                 val_handlers: Sequence | None = None, amp: bool = False, non_blocking: bool = False,
-                 epoch_length: int | None = None, inferer: Inferer | None = None) -> None:
-        self.inferer = inferer if inferer is not None else SimpleInferer()
-        self.generator_ct2mri, self.generator_mri2ct = generator_ct2mri, generator_mri2ct
-        self.amp_dtype = autocast_dtype(device, amp)
-        super().__init__(device=device, val_data_loader=val_data_loader, epoch_length=epoch_length,
-                         non_blocking=non_blocking, key_val_metric=key_val_metric,
-                         additional_metrics=additional_metrics, metric_cmp_fn=metric_cmp_fn,
-                         val_handlers=val_handlers, amp=False, decollate=False)
-
-    def _iteration(self, engine: CycleGANEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
-        batch = _to_device(batchdata, engine.state.device, engine.non_blocking, False)
-        real_ct, real_mri = _as_plain(batch["ct"]), _as_plain(batch["mri"])
-        engine.state.batch = batch
-        with eval_mode(self.generator_ct2mri, self.generator_mri2ct), autocast(engine.state.device, self.amp_dtype):
-            fake_mri = self.inferer(real_ct, self.generator_ct2mri).float()
-            fake_ct = self.inferer(real_mri, self.generator_mri2ct).float()
-        n = real_ct.shape[0]
-        ones = torch.ones(n, dtype=torch.bool, device=real_ct.device)
-        engine.state.output = {
-            "real_ct": real_ct, "real_mri": real_mri, "fake_ct": fake_ct, "fake_mri": fake_mri,
-            "ct_valid": batch.get("ct_valid", ones).bool(), "mri_valid": batch.get("mri_valid", ones).bool(),
-        }
-        for key in ("ct_path", "mri_path"):
-            if key in batch:
-                engine.state.output[key] = batch[key]
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

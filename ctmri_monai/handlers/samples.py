@@ -13,7 +13,7 @@ from monai.networks.utils import eval_mode
 from torch import nn
 from torch.utils.data import Dataset
 
-from ctmri_monai.visualize import image_grid, save_png
+from ctmri_monai.io.images import image_grid, save_png
 
 logger = logging.getLogger(__name__)
 

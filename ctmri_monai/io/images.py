@@ -1,8 +1,9 @@
-"""Pictures for people: the one [-1, 1] -> 8-bit mapping and atomic PNG writing."""
+"""Pictures for people: the one [-1, 1] -> 8-bit mapping, image grids, and atomic PNG writing."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from ctmri_monai.io.atomic import atomic_write
 
-__all__ = ["save_png", "unit_to_uint8"]
+__all__ = ["image_grid", "save_png", "unit_to_uint8"]
 
 
 def unit_to_uint8(image: Any) -> np.ndarray:
@@ -20,6 +21,18 @@ def unit_to_uint8(image: Any) -> np.ndarray:
     array = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     array = np.squeeze(np.asarray(array, dtype=np.float32))
     return np.clip(np.rint((array + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(rows: Sequence[Sequence[Any]], gap: int = 2) -> np.ndarray:
+    """Tile rows of equally sized [-1, 1] slices into one uint8 image, with white gaps."""
+    tiles = [[unit_to_uint8(t) for t in row] for row in rows]
+    h, w = tiles[0][0].shape
+    n_cols = max(len(row) for row in tiles)
+    grid = np.full((len(tiles) * (h + gap) - gap, n_cols * (w + gap) - gap), 255, np.uint8)
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            grid[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tile
+    return grid
 
 
 def save_png(image: Any, path: str | os.PathLike) -> Path:

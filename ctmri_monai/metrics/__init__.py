@@ -27,7 +27,6 @@ from .ignite_metrics import (
     TranslationFID,
     TranslationKID,
     TranslationOutputTransform,
-    lower_is_better,
     translation_metrics,
 )
 from .paired import CT_DATA_RANGE, CT_HU_RANGE, mae, paired_metrics, psnr, ssim
@@ -52,7 +51,6 @@ __all__ = [
     "frechet_distance_from_stats",
     "kernel_inception_distance",
     "load_feature_network",
-    "lower_is_better",
     "mae",
     "mmd2_unbiased",
     "module_device",

@@ -24,7 +24,8 @@ from ignite.metrics import Metric, MetricsLambda
 from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
 
-from ctmri_monai.distributed import update_digest
+from ctmri_monai import DIRECTIONS
+from ctmri_monai.utils.hashing import update_digest
 
 from .features import module_device
 from .frechet import frechet_distance, kernel_inception_distance
@@ -36,21 +37,14 @@ __all__ = [
     "TranslationFeatures",
     "TranslationKID",
     "TranslationOutputTransform",
-    "lower_is_better",
     "translation_metrics",
 ]
 
-DIRECTIONS = ("ct2mri", "mri2ct")
 KEY_METRIC = "fid_mean"
 
 
 def _identity(x: Any) -> Any:
     return x
-
-
-def lower_is_better(current: float, previous_best: float) -> bool:
-    """``metric_cmp_fn`` for MONAI workflows whose key metric is a distance (FID/KID: lower is better)."""
-    return current < previous_best
 
 
 class TranslationOutputTransform:

@@ -1,20 +1,17 @@
-"""Weight initialisation of the reference CycleGAN: conv weights ~ N(0, gain), biases 0."""
+"""Weight initialisation and normalisation of the reference CycleGAN networks."""
 
 from __future__ import annotations
 
+from functools import partial
+
+from monai.networks.utils import normal_init
 from torch import nn
 
 
 def init_weights(net: nn.Module, init_gain: float = 0.02) -> nn.Module:
-    """Initialise every convolution of ``net`` from normal(0, ``init_gain``) with zero bias, in place."""
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(module.weight, 0.0, init_gain)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d) and module.affine:
-            nn.init.normal_(module.weight, 1.0, init_gain)
-            nn.init.zeros_(module.bias)
+    """The reference's "normal" initialisation, in place: convolution weights ~ N(0, ``init_gain``), biases 0
+    (MONAI's ``normal_init`` on every submodule)."""
+    net.apply(partial(normal_init, std=init_gain))
     return net
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctmri_monai.bundle_paths import bundle_root, parse_override, run_bundle
+from ctmri_monai.apps.bundle_paths import bundle_root, parse_override, run_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def training_throughput(tensorboard_dir: Path, tag: str = "loss_G") -> tuple[int
 
 def checkpoint_summary(path: Path) -> dict[str, Any]:
     """Epochs and iterations done, planned epochs, and the generators' LR factor at the last iteration."""
-    from ctmri_monai.checkpoint import load_checkpoint
+    from ctmri_monai.io.checkpoint_file import load_checkpoint
     from ctmri_monai.spec import ModelSpec
 
     data = load_checkpoint(path)
@@ -167,7 +167,7 @@ def checkpoint_summary(path: Path) -> dict[str, Any]:
     sched = data.get("g_scheduler", {})
     rule = (sched.get("lr_lambdas") or [None])[0]
     if isinstance(rule, Mapping) and "constant_iters" in rule:
-        from ctmri_monai.schedule import LinearDecayRule
+        from ctmri_monai.engines.schedule import LinearDecayRule
 
         planned = int(rule["constant_iters"]) + int(rule["decay_iters"])
         summary["planned_iterations"] = planned
@@ -309,7 +309,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
 
 def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     """Train and evaluate every backbone of ``cfg``; write ``table.md`` and ``results.json``; return the report."""
-    from ctmri_monai.results import write_json_atomic, write_text_atomic
+    from ctmri_monai.handlers.results import write_json_atomic, write_text_atomic
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ctmri_monai.distributed import resolve_device  # re-exported for the benchmark scripts
+from ctmri_monai.utils.device import resolve_device  # re-exported for the benchmark scripts
 
 __all__ = ["FlopCount", "cpu_model", "format_table", "machine_info", "peak_memory", "reset_peak_memory",
            "reset_peak_rss", "resolve_device", "rss_bytes", "run_isolated", "synchronize", "write_json"]
@@ -163,6 +163,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str,
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON, atomically (creating the folder); returns the path."""
-    from ctmri_monai.results import write_json_atomic
+    from ctmri_monai.handlers.results import write_json_atomic
 
     return write_json_atomic(data, path)

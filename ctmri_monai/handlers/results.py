@@ -13,8 +13,8 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ctmri_monai.io.atomic import atomic_write_json, atomic_write_text
+from ctmri_monai.io.images import save_png, unit_to_uint8
 from ctmri_monai.networks import count_parameters
-from ctmri_monai.visualize import save_png, to_uint8
 
 TABLE_FIELDS = ("backbone", "fid_ct2mri", "fid_mri2ct", "kid_ct2mri", "kid_mri2ct", "params_m", "n_test_ct",
                 "n_test_mri", "seconds")
@@ -45,7 +45,7 @@ class TranslationSaver:
             fake, keep = fake.detach().float().cpu(), torch.as_tensor(valid).tolist()  # one copy per batch
             for i in range(n):
                 if keep[i]:
-                    save_png(to_uint8(fake[i]), self.output_dir / direction / f"{names[i]}.png")
+                    save_png(unit_to_uint8(fake[i]), self.output_dir / direction / f"{names[i]}.png")
         self.count += n
 
 

@@ -12,7 +12,7 @@ from typing import Any
 def bundle_root() -> Path:
     """The ``bundle/`` folder: ``$CTMRI_BUNDLE`` if set, else the one beside this package (source checkout)."""
     env = os.environ.get("CTMRI_BUNDLE")
-    root = Path(env) if env else Path(__file__).resolve().parents[1] / "bundle"
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "bundle"
     if not (root / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(f"MONAI bundle not found at {root}: run from a source checkout of ctmri-monai or set "
                                 "CTMRI_BUNDLE to the bundle folder")

@@ -1,6 +1,6 @@
 """Single-device speed switches for bundle configs: cuDNN autotuning and optional ``torch.compile``.
 
-Mixed precision lives in :mod:`ctmri_monai.amp` and the trainer's ``amp`` / ``channels_last`` arguments; data
+Mixed precision lives in :mod:`ctmri_monai.utils.amp` and the trainer's ``amp`` / ``channels_last`` arguments; data
 loading speed (workers, pinned memory) in the DataLoader entries of the config. Each switch here is safe to
 call on a CPU-only machine, where it does nothing that changes results.
 """

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ctmri_monai.data import build_unpaired_dataset, spec_for_dataset
-from ctmri_monai.visualize import image_grid, save_png
+from ctmri_monai.io.images import image_grid, save_png
 
 
 def spread_indices(n_items: int, count: int) -> list[int]:

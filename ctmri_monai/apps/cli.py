@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ctmri_monai.convert.batch import add_convert_arguments, main_convert
-from ctmri_monai.reproduce import add_reproduce_arguments, main_reproduce
+from ctmri_monai.apps.reproduce import add_reproduce_arguments, main_reproduce
+from ctmri_monai.convert.cli import add_convert_arguments, main_convert
 
 
 def _make_phantoms(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def _make_phantoms(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ctmri_monai.bundle_paths import parse_override, run_bundle
+    from ctmri_monai.apps.bundle_paths import parse_override, run_bundle
 
     try:
         overrides = dict(parse_override(o) for o in args.set)
@@ -31,7 +31,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ctmri_monai.demo import run_demo
+    from ctmri_monai.apps.demo import run_demo
 
     return run_demo(args.output_dir, minutes=args.minutes, subjects=args.subjects)
 

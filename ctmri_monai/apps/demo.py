@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ctmri_monai.bundle_paths import run_bundle
+from ctmri_monai.apps.bundle_paths import run_bundle
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The apps on top: the `ctmri` command, the demo, the paper reproduction, benchmarks and previews."""

@@ -1,0 +1,66 @@
+"""``ctmri convert``: the command-line arguments and entry point of batch conversion."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ctmri_monai import DIRECTIONS
+from ctmri_monai.convert.batch import run_batch
+
+__all__ = ["add_convert_arguments", "contract_overrides", "main_convert"]
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``ctmri convert``."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="NIfTI/.mha/.nrrd files, DICOM series folders, folders of those, or .txt lists")
+    parser.add_argument("--direction", required=True, choices=sorted(DIRECTIONS))
+    parser.add_argument("--checkpoint", required=True, help="checkpoint .pt written by training")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="slices per generator call (default: 16 on CUDA, 1 on the CPU)")
+    parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (default)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="mixed precision on CUDA (bf16 where supported)")
+    parser.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write a synthetic DICOM series for DICOM inputs")
+    parser.add_argument("--series-uid", default=None, help="SeriesInstanceUID to use in multi-series folders")
+    parser.add_argument("--qa-threshold", type=float, default=0.90,
+                        help="flag slices with head-mask Dice below")
+    parser.add_argument("--max-voxels", type=int, default=None,
+                        help="refuse larger volumes (checked from the header; each voxel takes ~4 bytes as float32)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.add_argument("--no-mask-background", dest="mask_background", action="store_false",
+                        help="keep what the generator writes outside the input's head mask (default: air there)")
+    contract = parser.add_argument_group("contract overrides (each replaces what the checkpoint recorded; logged)")
+    contract.add_argument("--ct-window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                          help="HU range the CT training images were exported with (level 40 / width 120: -20 100)")
+    contract.add_argument("--framing", choices=("fit", "crop", "resize_crop", "spacing"), default=None,
+                          help="how slices are brought to the model's image size")
+    contract.add_argument("--pixdim", nargs=2, type=float, metavar=("PX", "PY"), default=None,
+                          help="in-plane mm of the 'spacing' framing")
+    return parser
+
+
+def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The contract overrides given on the command line (only those set)."""
+    given = {k: getattr(args, k, None) for k in ("ct_window", "framing", "pixdim")}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def main_convert(args: argparse.Namespace) -> int:
+    """Run ``ctmri convert`` from parsed arguments; returns the exit status (2: model not loadable)."""
+    try:
+        return run_batch(
+            args.inputs, args.output_dir, args.direction, checkpoint=args.checkpoint,
+            batch_size=args.batch_size, device=args.device, amp=args.amp, overwrite=args.overwrite,
+            dicom=args.dicom,
+            series_uid=args.series_uid, progress=getattr(args, "progress", True),
+            qa_threshold=getattr(args, "qa_threshold", 0.90), max_voxels=getattr(args, "max_voxels", None),
+            mask_background=getattr(args, "mask_background", True), contract_overrides=contract_overrides(args))
+    except (ValueError, OSError) as exc:  # checkpoint / argument problems, raised before any input is read
+        print(f"ctmri convert: error: {exc}", file=sys.stderr)
+        return 2
