@@ -102,8 +102,9 @@ def build_unpaired_dataset(dataset_dir: str | os.PathLike, spec: ModelSpec, spli
     ``transforms`` (default `dataset_transforms` of ``spec``: the bundle declares them).
 
     ``training`` turns on random pairing (unless ``random_pairing`` says otherwise) and, for volumes, random slices
-    and flips (2D images get theirs from their training pipeline). ``cache_rate``: share of 2D images kept decoded
-    in memory; volumes keep their own small cache.
+    and flips (2D images get theirs from their training pipeline). With the contract's ``context_slices`` k, volume
+    items are stacks of 4k + 1 slices: what a training cycle needs (`ctmri_monai.engines.cycle`). ``cache_rate``:
+    share of 2D images kept decoded in memory; volumes keep their own small cache.
     """
     root = Path(dataset_dir)
     layout = _layout(spec, root)
@@ -113,7 +114,7 @@ def build_unpaired_dataset(dataset_dir: str | os.PathLike, spec: ModelSpec, spli
         ct, mri = (ImageFolderDataset(files, transforms[d], cache_rate=cache_rate)
                    for files, d in zip(groups, DOMAINS, strict=True))
     else:
-        ct, mri = (VolumeSliceDataset(files, transforms[d], context=spec.geometry.context_slices,
+        ct, mri = (VolumeSliceDataset(files, transforms[d], context=2 * spec.geometry.context_slices,
                                       slices_per_volume=slices_per_volume,
                                       random_slices=training and slices_per_volume is not None, random_flip=training)
                    for files, d in zip(groups, DOMAINS, strict=True))

@@ -1,9 +1,10 @@
 """The CycleGAN trainer on MONAI's Ignite workflow.
 
-``CycleGANTrainer`` runs one CycleGAN iteration per batch of unpaired CT/MRI slices: a generator step
-(adversarial loss both ways + lambda_cycle * cycle L1 + lambda_cycle * lambda_identity * identity L1), then a
-discriminator step on image-history pools with the loss halved. It fires MONAI's ``IterationEvents`` so MONAI
-handlers (checkpoints, stats, TensorBoard, validation, LR schedules) attach as to any MONAI trainer.
+``CycleGANTrainer`` runs one CycleGAN iteration per batch of unpaired CT/MRI slices (or 2.5D slice stacks): a
+generator step (adversarial loss both ways + lambda_cycle * cycle L1 + lambda_cycle * lambda_identity * identity L1
+[+ lambda_structure * structure loss]), then a discriminator step on image-history pools with the loss halved.
+It fires MONAI's ``IterationEvents`` so MONAI handlers (checkpoints, stats, TensorBoard, validation, LR
+schedules) attach as to any MONAI trainer.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 from torch.optim import Optimizer
 
+from ctmri_monai.engines.cycle import cycle
 from ctmri_monai.engines.pool import ImagePool
 from ctmri_monai.losses import AdversarialLoss
+from ctmri_monai.transforms.context import centre_slice, centre_window
 from ctmri_monai.utils.amp import autocast, autocast_dtype, grad_scaler
 from ctmri_monai.utils.distributed import unwrap
 
-LOSS_KEYS = ("loss_G", "loss_G_adv", "loss_cycle", "loss_idt", "loss_D_ct", "loss_D_mri")
+LOSS_KEYS = ("loss_G", "loss_G_adv", "loss_cycle", "loss_idt", "loss_structure", "loss_D_ct", "loss_D_mri")
 
 
 def to_device(batch: dict, device: torch.device, non_blocking: bool, channels_last: bool) -> dict:
@@ -60,8 +63,12 @@ class CycleGANTrainer(Trainer):
             ``loss(logits, target_is_real)`` (default `AdversarialLoss("lsgan")`, the reference's least squares).
         cycle_loss: reconstruction loss ``loss(reconstructed, real)`` (default L1).
         identity_loss: identity loss ``loss(generator(target-domain image), that image)`` (default L1).
+        structure_loss: optional ``loss(translated, source)`` tying each translation's structure to its input's.
         lambda_cycle: weight of the cycle-consistency loss.
         lambda_identity: identity loss weight, relative to ``lambda_cycle`` (0 disables it).
+        lambda_structure: weight of ``structure_loss`` (0 disables it: the paper's method).
+        context_slices: k; batches hold stacks of 4k + 1 axial slices, generators read 2k + 1 and write the middle
+            one, discriminators judge single slices (`ctmri_monai.engines.cycle`). 0: plain 2D slices.
         pool_ct, pool_mri: image-history pools of generated images (size 50 by default).
         amp: mixed precision on CUDA (bf16, or fp16 with a grad scaler); ignored on CPU.
         channels_last: NHWC memory layout for faster convolutions on GPUs.
@@ -75,7 +82,9 @@ class CycleGANTrainer(Trainer):
                  generator_ct2mri: nn.Module, generator_mri2ct: nn.Module, discriminator_ct: nn.Module,
                  discriminator_mri: nn.Module, g_optimizer: Optimizer, d_optimizer: Optimizer,
                  adversarial_loss: nn.Module | None = None, cycle_loss: nn.Module | None = None,
-                 identity_loss: nn.Module | None = None, lambda_cycle: float = 10.0, lambda_identity: float = 0.5,
+                 identity_loss: nn.Module | None = None, structure_loss: nn.Module | None = None,
+                 lambda_cycle: float = 10.0, lambda_identity: float = 0.5, lambda_structure: float = 0.0,
+                 context_slices: int = 0,
                  pool_ct: ImagePool | None = None, pool_mri: ImagePool | None = None, epoch_length: int | None = None,
                  non_blocking: bool = False, amp: bool = False, channels_last: bool = False,
                  train_handlers: Sequence | None = None, iteration_update: Callable | None = None,
@@ -87,7 +96,10 @@ class CycleGANTrainer(Trainer):
         self.adversarial = adversarial_loss if adversarial_loss is not None else AdversarialLoss("lsgan")
         self.cycle_loss = cycle_loss if cycle_loss is not None else nn.L1Loss()
         self.identity_loss = identity_loss if identity_loss is not None else nn.L1Loss()
+        self.structure_loss = structure_loss
         self.lambda_cycle, self.lambda_identity = float(lambda_cycle), float(lambda_identity)
+        self.lambda_structure = float(lambda_structure) if structure_loss is not None else 0.0
+        self.context_slices = int(context_slices)
         self.pool_ct = pool_ct if pool_ct is not None else ImagePool(50)
         self.pool_mri = pool_mri if pool_mri is not None else ImagePool(50)
         self.channels_last = channels_last
@@ -122,28 +134,30 @@ class CycleGANTrainer(Trainer):
             for p in net.parameters():
                 p.requires_grad_(flag)
 
-    def _generator_losses(self, real_ct: torch.Tensor, real_mri: torch.Tensor) -> dict[str, torch.Tensor]:
-        def g_y(x: torch.Tensor) -> torch.Tensor:
-            return self.inferer(x, self.generator_ct2mri)
-
-        def g_x(x: torch.Tensor) -> torch.Tensor:
-            return self.inferer(x, self.generator_mri2ct)
-
-        fake_mri, fake_ct = g_y(real_ct), g_x(real_mri)
-        rec_ct, rec_mri = g_x(fake_mri), g_y(fake_ct)
+    def _generator_losses(self, stack_ct: torch.Tensor, stack_mri: torch.Tensor) -> dict[str, torch.Tensor]:
+        k = self.context_slices
+        fake_mri, rec_ct = cycle(self.generator_ct2mri, self.generator_mri2ct, stack_ct, k, self.inferer)
+        fake_ct, rec_mri = cycle(self.generator_mri2ct, self.generator_ct2mri, stack_mri, k, self.inferer)
+        real_ct, real_mri = centre_slice(stack_ct, k), centre_slice(stack_mri, k)
         # The discriminators are frozen here: call them outside DDP, whose reducer would wait for their gradients.
         adv = self.adversarial(unwrap(self.discriminator_mri)(fake_mri), True) + self.adversarial(
             unwrap(self.discriminator_ct)(fake_ct), True)
-        cycle = self.cycle_loss(rec_ct.float(), real_ct.float()) + self.cycle_loss(rec_mri.float(), real_mri.float())
-        cycle = cycle * self.lambda_cycle
+        cycled = self.cycle_loss(rec_ct.float(), real_ct.float()) + self.cycle_loss(rec_mri.float(), real_mri.float())
+        total = adv + cycled * self.lambda_cycle
+        zero = torch.zeros((), device=stack_ct.device)
+        idt = structure = zero
         if self.lambda_identity > 0:
-            idt = (self.identity_loss(g_y(real_mri).float(), real_mri.float())
-                   + self.identity_loss(g_x(real_ct).float(), real_ct.float()))
+            same_mri = self.inferer(centre_window(stack_mri, k), self.generator_ct2mri)
+            same_ct = self.inferer(centre_window(stack_ct, k), self.generator_mri2ct)
+            idt = self.identity_loss(same_mri.float(), real_mri.float()) + self.identity_loss(same_ct.float(),
+                                                                                              real_ct.float())
             idt = idt * self.lambda_cycle * self.lambda_identity
-        else:
-            idt = torch.zeros((), device=real_ct.device)
-        return {"loss_G": adv + cycle + idt, "loss_G_adv": adv, "loss_cycle": cycle, "loss_idt": idt,
-                "fake_ct": fake_ct, "fake_mri": fake_mri}
+        if self.lambda_structure > 0:
+            structure = self.structure_loss(fake_mri, real_ct) + self.structure_loss(fake_ct, real_mri)
+            structure = structure * self.lambda_structure
+        return {"loss_G": total + idt + structure, "loss_G_adv": adv, "loss_cycle": cycled * self.lambda_cycle,
+                "loss_idt": idt, "loss_structure": structure, "fake_ct": fake_ct, "fake_mri": fake_mri,
+                "real_ct": real_ct, "real_mri": real_mri}
 
     def _discriminator_loss(self, net: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return 0.5 * (self.adversarial(net(real), True) + self.adversarial(net(fake.detach()), False))
@@ -152,13 +166,14 @@ class CycleGANTrainer(Trainer):
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
         batch = to_device(batchdata, engine.state.device, engine.non_blocking, self.channels_last)
-        real_ct, real_mri = as_plain(batch["ct"]), as_plain(batch["mri"])
+        stack_ct, stack_mri = as_plain(batch["ct"]), as_plain(batch["mri"])
         engine.state.batch = batch
         discriminators = (self.discriminator_ct, self.discriminator_mri)
 
         self._set_requires_grad(discriminators, False)
         with autocast(engine.state.device, self.amp_dtype):
-            g = self._generator_losses(real_ct, real_mri)
+            g = self._generator_losses(stack_ct, stack_mri)
+        real_ct, real_mri = g["real_ct"], g["real_mri"]
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self._backward_step(g["loss_G"], self.g_optimizer)
@@ -174,7 +189,7 @@ class CycleGANTrainer(Trainer):
             self.scaler.update()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
-        losses = [g[k] for k in LOSS_KEYS[:4]] + [loss_d_ct, loss_d_mri]
+        losses = [g[k] for k in LOSS_KEYS[:5]] + [loss_d_ct, loss_d_mri]
         values = torch.stack([v.detach().float() for v in losses]).tolist()  # one device-to-host copy
         engine.state.output = dict(zip(LOSS_KEYS, values, strict=True))
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

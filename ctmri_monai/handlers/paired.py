@@ -166,7 +166,8 @@ class PairedMetricsHandler:
 
     def compute(self) -> dict[str, float]:
         volumes = held_out_volume_pairs(self.dataset_dir, self.val_fraction, self.seed)
-        images = held_out_image_pairs(self.dataset_dir)
+        # 2D pairs are the images a model trained on images reads; a volumes-trained model reads only HU volumes
+        images = held_out_image_pairs(self.dataset_dir) if self.spec.layout == "images" else []
         was_training = {k: getattr(g, "training", False) for k, g in self.generators.items()}
         for g in self.generators.values():
             if isinstance(g, torch.nn.Module):

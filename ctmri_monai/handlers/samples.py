@@ -13,7 +13,9 @@ from monai.networks.utils import eval_mode
 from torch import nn
 from torch.utils.data import Dataset
 
+from ctmri_monai.engines.cycle import cycle
 from ctmri_monai.io.images import image_grid, save_png
+from ctmri_monai.transforms.context import centre_slice
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +47,15 @@ class SampleGridHandler:
     """Every ``interval`` epochs, save a PNG grid: real | translated | reconstructed, for both directions.
 
     Rows: CT -> synthetic MRI -> reconstructed CT for each CT sample, then MRI -> synthetic CT -> reconstructed
-    MRI for each MRI sample. Files: ``output_dir/samples_epoch_NNNN.png`` and ``output_dir/samples_latest.png``.
+    MRI for each MRI sample, through the trainer's own cycle (`ctmri_monai.engines.cycle`; ``context_slices`` k:
+    the samples are stacks of 4k + 1 slices). Files: ``output_dir/samples_epoch_NNNN.png`` and
+    ``output_dir/samples_latest.png``.
     """
 
     def __init__(self, output_dir: str, samples: dict[str, torch.Tensor], generator_ct2mri: nn.Module,
-                 generator_mri2ct: nn.Module, interval: int = 1) -> None:
+                 generator_mri2ct: nn.Module, interval: int = 1, context_slices: int = 0) -> None:
         self.output_dir = Path(output_dir)
+        self.context_slices = int(context_slices)
         self.samples = samples
         self.generator_ct2mri, self.generator_mri2ct = generator_ct2mri, generator_mri2ct
         self.interval = max(1, int(interval))
@@ -64,11 +69,11 @@ class SampleGridHandler:
     def render(self) -> Any:
         device = next(self.generator_ct2mri.parameters()).device
         ct, mri = self.samples["ct"].to(device), self.samples["mri"].to(device)
+        k = self.context_slices
         with eval_mode(self.generator_ct2mri, self.generator_mri2ct):
-            fake_mri = self.generator_ct2mri(ct)
-            rec_ct = self.generator_mri2ct(fake_mri)
-            fake_ct = self.generator_mri2ct(mri)
-            rec_mri = self.generator_ct2mri(fake_ct)
+            fake_mri, rec_ct = cycle(self.generator_ct2mri, self.generator_mri2ct, ct, k)
+            fake_ct, rec_mri = cycle(self.generator_mri2ct, self.generator_ct2mri, mri, k)
+        ct, mri = centre_slice(ct, k), centre_slice(mri, k)
         rows = [[ct[i], fake_mri[i], rec_ct[i]] for i in range(len(ct))]
         rows += [[mri[i], fake_ct[i], rec_mri[i]] for i in range(len(mri))]
         return image_grid(rows)
