@@ -147,7 +147,7 @@ def test_train_yaml_speed_keys() -> None:
         assert is_compiled(net) and net is parser.get_parsed_content("generator_ct2mri_def")
         assert is_compiled(parser.get_parsed_content("discriminator_mri"))
         assert parser.get_parsed_content("channels_last") is False
-        assert parser.get_parsed_content("initialize")[1]["device"] == "cpu"
+        assert parser.get_parsed_content("initialize")[-1]["device"] == "cpu"
         assert net(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
         parser.update({"device": "$torch.device('cuda')"})
         parser.parse()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ctmri_monai.apps.reproduce import add_reproduce_arguments, main_reproduce
 from ctmri_monai.convert.cli import add_convert_arguments, main_convert
+from ctmri_monai.utils.quiet import quiet_known_warnings
 
 
 def _make_phantoms(args: argparse.Namespace) -> int:
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_known_warnings()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
