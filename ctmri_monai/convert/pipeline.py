@@ -127,7 +127,8 @@ def convert_volume(
     if qa_dir is not None:
         montage = Path(qa_dir) / f"{path_stem(output_path)}_qa.png"
         try:
-            qa["montage"] = str(save_montage(source_unit, fake_unit, montage, qa, numbers, spec.geometry.axcodes))
+            qa["montage"] = str(save_montage(source_unit, fake_unit, montage, qa, numbers, spec.geometry.axcodes,
+                                             spacing=translation.spacing))
         except OSError as exc:
             raise output_error(montage, exc) from exc
     t = lap("qa", t)

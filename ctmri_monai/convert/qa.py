@@ -9,6 +9,11 @@ kinds of finding are kept apart:
 * **invented tissue in air**: output tissue where the input is air, either in slices that hold no head at all or
   around the head (``invented_fraction``: such pixels over the input's head pixels). Conversion writes background
   there by default, so these are reported, not flagged.
+
+Beside them, with no reference to compare with (`ctmri_monai.metrics.consistency`, inside the input's head):
+``through_plane``, how well the output's slice-to-slice edges follow the input's (correlation, higher is better);
+``roughness``, the output's slice-to-slice roughness over the input's (1 is best, above 1 flickers); ``structure``,
+the alignment of in-plane edges with the input's (0..1, higher is better).
 """
 
 from __future__ import annotations
@@ -22,15 +27,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ctmri_monai.io.images import save_png, unit_to_uint8
+from ctmri_monai.metrics.consistency import consistency_metrics
+from ctmri_monai.metrics.paired import dice
 from ctmri_monai.transforms.mask import head_mask
 
-__all__ = ["consistency_report", "dice", "pick_slices", "save_montage", "upright"]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+__all__ = ["consistency_report", "pick_slices", "save_montage", "upright"]
 
 
 def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, threshold: float = 0.90,
@@ -39,7 +40,8 @@ def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, thresho
 
     ``slice_index[k]`` is the number reported for slice k (e.g. its index in the input file). Returns: dice (per
     slice holding a head), dice_min, dice_mean, slices_evaluated, slices_below (anatomy changed),
-    slices_tissue_in_air (no head in the input, tissue in the output), invented_fraction, threshold, flagged.
+    slices_tissue_in_air (no head in the input, tissue in the output), invented_fraction, threshold, flagged,
+    through_plane, roughness, structure (module docstring; None where undefined).
     """
     src, out = np.asarray(source_unit), np.asarray(output_unit)
     if src.shape != out.shape or src.ndim != 3:
@@ -57,6 +59,7 @@ def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, thresho
     values = np.asarray(list(per_slice.values()), dtype=np.float64)
     below = sorted(k for k, d in per_slice.items() if d < threshold)
     invented = int(np.logical_and(out_mask, ~src_mask).sum()) / max(int(src_mask.sum()), 1)
+    figures = consistency_metrics(out, src, src_mask)
     return {
         "dice_min": float(values.min()) if values.size else None,
         "dice_mean": round(float(values.mean()), 4) if values.size else None,
@@ -66,8 +69,16 @@ def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, thresho
         "invented_fraction": round(invented, 4),
         "threshold": float(threshold),
         "flagged": bool(below),
+        "through_plane": _rounded(figures["z_edge_corr"]),
+        "roughness": _rounded(figures["z_roughness_ratio"]),
+        "structure": _rounded(figures["ngf_alignment"]),
         "dice": per_slice,
     }
+
+
+def _rounded(value: float) -> float | None:
+    """4 decimals; None for NaN (JSON has no NaN)."""
+    return None if not np.isfinite(value) else round(float(value), 4)
 
 
 # ------------------------------------------------------------------------------------------------- montage
@@ -102,11 +113,23 @@ def pick_slices(report: dict[str, Any], depth: int, n: int = 6) -> list[int]:
     return sorted(picks)
 
 
+def sagittal(volume: np.ndarray, axcodes: str = "PLS", spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """The mid-line sagittal reformat of an (H, W, D) stack of axial slices, as a picture: anterior on the left,
+    superior at the top, rows stretched so that slice thickness and pixel size keep their true proportion."""
+    upright_stack = np.stack([upright(volume[:, :, k], axcodes) for k in range(volume.shape[2])], axis=-1)
+    plane = upright_stack[:, upright_stack.shape[1] // 2, :].T[::-1]  # (D, H): rows superior -> inferior
+    stretch = max(1, int(round(float(spacing[2]) / float(spacing[0]))))
+    return np.repeat(plane, stretch, axis=0)
+
+
 def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | os.PathLike,
                  report: dict[str, Any] | None = None, slice_index: Sequence[int] | None = None,
-                 axcodes: str = "PLS", n: int = 6, columns: int = 2, min_tile: int = 128) -> Path:
+                 axcodes: str = "PLS", n: int = 6, columns: int = 2, min_tile: int = 128,
+                 spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Path:
     """PNG montage of a few axial slices, each as ``generator input | output``: red frame and label where the
-    anatomy changed (Dice < threshold), orange label where tissue was invented in an empty slice."""
+    anatomy changed (Dice < threshold), orange label where tissue was invented in an empty slice; below them the
+    mid-line sagittal reformat of input and output (slices that disagree show as stripes), with the through-plane
+    and structure figures."""
     src, out = np.asarray(source_unit), np.asarray(output_unit)
     depth = src.shape[2]
     names = list(range(depth)) if slice_index is None else [int(i) for i in slice_index]
@@ -121,7 +144,11 @@ def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | o
     gap, label_h, pad = 2, 14, 4
     tile_w, tile_h = 2 * w + gap + 2 * pad, h + label_h + 2 * pad
     rows = max(1, -(-len(chosen) // columns))
-    canvas = Image.new("RGB", (columns * tile_w, rows * tile_h), (0, 0, 0))
+    reformats = [np.kron(unit_to_uint8(sagittal(a, axcodes, spacing)), np.ones((zoom, zoom), np.uint8))
+                 for a in (src, out)]
+    sag = np.concatenate([reformats[0], np.zeros((reformats[0].shape[0], gap), np.uint8), reformats[1]], axis=1)
+    sag_h = sag.shape[0] + label_h + 2 * pad
+    canvas = Image.new("RGB", (max(columns * tile_w, sag.shape[1] + 2 * pad), rows * tile_h + sag_h), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     threshold = report.get("threshold", 0.0)
     block = np.ones((zoom, zoom), np.uint8)
@@ -141,4 +168,10 @@ def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | o
         draw.text((x0 + pad, y0 + 1), text, fill=colour)
         if bad:
             draw.rectangle([x0 + 1, y0 + 1, x0 + tile_w - 2, y0 + tile_h - 2], outline=(255, 0, 0), width=2)
+    y0 = rows * tile_h
+    canvas.paste(Image.fromarray(sag, mode="L").convert("RGB"), (pad, y0 + label_h + pad))
+    figures = "  ".join(f"{name} {report[key]:.3f}" for key, name in (("through_plane", "through-plane"),
+                                                                       ("structure", "structure"))
+                        if isinstance(report.get(key), float))
+    draw.text((pad, y0 + 1), f"sagittal reformat, input | output  {figures}", fill=(230, 230, 230))
     return save_png(canvas, path)

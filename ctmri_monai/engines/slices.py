@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.inferers import SliceInferer
 
 from ctmri_monai.io.errors import CtmriError, InputError
@@ -124,14 +125,15 @@ def _framing(pipeline: Any) -> InPlaneFramed:
 @dataclass
 class Translation:
     """A translated volume: ``output`` on the input's grid in the target domain; the generator's ``source_unit``
-    input and raw ``fake_unit`` output on its (S, S, D) frames; ``warnings`` of the framing check; ``timings``
-    (seconds) of preprocess, inference and invert."""
+    input and raw ``fake_unit`` output on its (S, S, D) frames and their voxel ``spacing`` (mm); ``warnings`` of
+    the framing check; ``timings`` (seconds) of preprocess, inference and invert."""
 
     output: np.ndarray
     source_unit: np.ndarray
     fake_unit: np.ndarray
     warnings: list[str]
     timings: dict[str, float]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def translate_volume(
@@ -175,6 +177,7 @@ def translate_volume(
                         spec.geometry.context_slices)
     lap("inference")
     source_unit, fake_unit = x.as_tensor()[0].numpy(), fake[0].numpy()
+    spacing = tuple(float(v) for v in affine_to_spacing(x.affine, r=3))
 
     # Invert framing and orientation with MONAI, the output and the input's head mask (+1 head, -1 air) together.
     # The prediction must be a MetaTensor carrying the input's applied operations, or the inverse is silently
@@ -194,4 +197,4 @@ def translate_volume(
     unit = restored.as_tensor()
     output = to_target_domain(unit[0], target, spec, unit[1] <= 0 if mask_background else None)
     lap("invert")
-    return Translation(output, source_unit, fake_unit, warnings, timings)
+    return Translation(output, source_unit, fake_unit, warnings, timings, spacing)  # type: ignore[arg-type]

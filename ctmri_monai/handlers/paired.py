@@ -32,9 +32,10 @@ from PIL import Image
 
 from ctmri_monai.data.folders import IMAGE_FOLDERS, split_train_val
 from ctmri_monai.data.unpaired import dataset_transforms
-from ctmri_monai.engines.slices import translate_volume
+from ctmri_monai.engines.slices import Translation, translate_volume
 from ctmri_monai.io.volume import load_volume
-from ctmri_monai.metrics.paired import CT_DATA_RANGE, CT_HU_RANGE, PairedAccumulator
+from ctmri_monai.metrics.consistency import consistency_metrics
+from ctmri_monai.metrics.paired import CT_DATA_RANGE, CT_HU_RANGE, PairedAccumulator, dice
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.intensity import ct_from_unit, ct_to_unit, eight_bit_to_unit, mri_range, mri_to_unit
 from ctmri_monai.transforms.loading import pil_to_gray
@@ -101,20 +102,39 @@ def evaluate_volume_pairs(pairs: Sequence[tuple[Path, Path]], generators: Mappin
     ct_acc = PairedAccumulator(CT_DATA_RANGE, CT_HU_RANGE)
     ct_win = PairedAccumulator(window[1] - window[0], window)  # type: ignore[index]
     mri_acc = PairedAccumulator(2.0, (-1.0, 1.0))
+    volume_figures: dict[str, list[float]] = {}
     for ct_path, mri_path in pairs:
         real_ct, real_mri = load_volume(ct_path).image, load_volume(mri_path).image
+        ct_hu, mri_values = _ras(real_ct), _ras(real_mri)
+        real = {"ct": ct_hu, "mri": mri_to_unit(mri_values, *mri_range(mri_values, spec.mri.percentiles)).numpy()}
+        mask = head_mask(ct_to_unit(ct_hu, window).numpy())
         fake = {}
         for direction, (path, image, source, target) in {"mri2ct": (mri_path, real_mri, "mri", "ct"),
                                                          "ct2mri": (ct_path, real_ct, "ct", "mri")}.items():
-            out = translate_volume(path, image, generators[direction], spec, source, target, batch_size=batch_size,
-                                   device=device, amp=False).output
-            fake[direction] = _ras(MetaTensor(torch.from_numpy(out.astype(np.float32))[None], affine=image.affine))
-        ct_hu, mri_values = _ras(real_ct), _ras(real_mri)
-        mask = head_mask(ct_to_unit(ct_hu, window).numpy())
+            result = translate_volume(path, image, generators[direction], spec, source, target,
+                                      batch_size=batch_size, device=device, amp=False)
+            fake[direction] = _ras(MetaTensor(torch.from_numpy(result.output.astype(np.float32))[None],
+                                              affine=image.affine))
+            figures = volume_consistency(fake[direction], real[source], real[target], mask, result)
+            for key, value in figures.items():
+                volume_figures.setdefault(f"{key}_{direction}", []).append(value)
         ct_acc.add(fake["mri2ct"], ct_hu, mask)
         ct_win.add(fake["mri2ct"], ct_hu, mask)
-        mri_acc.add(fake["ct2mri"], mri_to_unit(mri_values, *mri_range(mri_values, spec.mri.percentiles)), mask)
-    return _scores(ct_acc, ct_win, mri_acc, len(pairs))
+        mri_acc.add(fake["ct2mri"], real["mri"], mask)
+    means = {key: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+             for key, values in volume_figures.items()}
+    return _scores(ct_acc, ct_win, mri_acc, len(pairs)) | means
+
+
+def volume_consistency(output: np.ndarray, source: np.ndarray, reference: np.ndarray, mask: np.ndarray,
+                       translation: Translation) -> dict[str, float]:
+    """A converted volume's figures beside its paired metrics: ``through_plane`` (z-gradient correlation with the
+    real target), ``roughness`` (slice-to-slice roughness over the input's, 1 is best), ``structure`` (edge
+    alignment with the input, `ngf_alignment`), and ``dice`` (head masks of the generator's input and output)."""
+    figures = consistency_metrics(output, source, mask, reference=reference)
+    source_mask, output_mask = head_mask(translation.source_unit), head_mask(translation.fake_unit)
+    return {"through_plane": figures["z_gradient_corr"], "roughness": figures["z_roughness_ratio"],
+            "structure": figures["ngf_alignment"], "dice": dice(source_mask, output_mask)}
 
 
 def _png_unit(path: Path) -> torch.Tensor:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["CT_DATA_RANGE", "CT_HU_RANGE", "PairedAccumulator", "mae", "paired_metrics", "psnr", "ssim", "ssim_map"]
+__all__ = ["CT_DATA_RANGE", "CT_HU_RANGE", "PairedAccumulator", "dice", "mae", "paired_metrics", "psnr", "ssim",
+           "ssim_map"]
 
 CT_HU_RANGE = (-1024.0, 3000.0)
 CT_DATA_RANGE = CT_HU_RANGE[1] - CT_HU_RANGE[0]
@@ -53,6 +54,13 @@ def _range(t: np.ndarray, m: np.ndarray, data_range: float | None) -> float:
     if not r > 0:
         raise ValueError(f"data_range must be > 0, got {r}")
     return r
+
+
+def dice(a: Any, b: Any) -> float:
+    """Dice coefficient of two boolean masks (1.0 when both are empty)."""
+    a, b = _np(a).astype(bool), _np(b).astype(bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def mae(pred: Any, target: Any, mask: Any = None, clip: tuple[float, float] | None = None) -> float:
