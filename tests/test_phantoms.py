@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
@@ -224,3 +225,22 @@ def test_rerun_replaces_stale_outputs(tmp_path):
     assert leftovers == []
     assert not any(n.startswith("subj001") for n in _names(tmp_path / "trainA"))
     assert r["dicom_series"] == [] and not any((tmp_path / "dicom" / "ct").iterdir())
+
+
+def test_failed_dicom_write_leaves_no_partial_series(tmp_path, monkeypatch):
+    """The CT series goes through the one DICOM writer: a slice that fails leaves no series and no temporaries."""
+    real_save_as = pydicom.dataset.Dataset.save_as
+    calls = []
+
+    def save_as(self: pydicom.dataset.Dataset, filename: object, *args: object, **kwargs: object) -> None:
+        calls.append(filename)
+        if len(calls) == 3:
+            Path(str(filename)).write_bytes(b"\x00" * 64)  # a partial slice
+            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        real_save_as(self, filename, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_as)
+    with pytest.raises(OSError, match="No space left"):
+        make_phantoms(tmp_path, subjects=1, seed=0, shape=(32, 32, 8))
+    assert list((tmp_path / "dicom" / "ct").iterdir()) == []
+    assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]

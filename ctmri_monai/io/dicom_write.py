@@ -1,33 +1,44 @@
-"""Write a converted volume as a new, derived DICOM series next to its source series (same study).
+"""The one DICOM writer: a series of 16-bit slices from a template dataset plus per-slice elements.
 
-Per slice, the geometry (position, orientation, pixel spacing, thickness) comes from the source slice the
-output slice lies on. New SeriesInstanceUID and SOPInstanceUIDs; ImageType DERIVED\\SECONDARY;
-SeriesDescription starting with "SYNTHETIC". Kept from the source: the study identification (StudyInstanceUID,
-date, time, ID, accession number, so PACS files the series next to the source), the frame of reference, and
-only the patient fields a derived series of the same study needs (PatientName, PatientID, PatientBirthDate,
-PatientSex). Nothing else is copied: no names of physicians or operators (ReferringPhysicianName, Type 2, is
-written empty), no institution or device, no study description, no private tags.
+`write_slices` is the low-level writer every DICOM output goes through (converted volumes here, the phantoms'
+CT series in `ctmri_monai.phantoms.write`): the template's elements are encoded once and reused for every slice,
+each file is an ordinary Part 10 file (preamble, file meta, explicit VR little endian), and the series is written
+into a temporary folder that replaces ``folder`` when complete (`ctmri_monai.io.atomic.atomic_directory`).
+
+`write_dicom_series` writes a converted volume as a new, derived series next to its source series (same study).
+Per slice, the geometry (position, orientation, pixel spacing, thickness) comes from the source slice the output
+slice lies on. New SeriesInstanceUID and SOPInstanceUIDs; ImageType DERIVED\\SECONDARY; SeriesDescription
+starting with "SYNTHETIC". Kept from the source: the study identification (StudyInstanceUID, date, time, ID,
+accession number, so PACS files the series next to the source), the frame of reference, and only the patient
+fields a derived series of the same study needs (PatientName, PatientID, PatientBirthDate, PatientSex). Nothing
+else is copied: no names of physicians or operators (ReferringPhysicianName, Type 2, is written empty), no
+institution or device, no study description, no private tags.
 Synthetic CT: int16 with RescaleIntercept -1024 (HU). Synthetic MRI: uint16 0..4095 with a rescale back to
 the network's [-1, 1] scale.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
-import shutil
-import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import correct_ambiguous_vr, write_dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ctmri_monai import __version__
+from ctmri_monai.io.atomic import atomic_directory
 from ctmri_monai.io.dicom_series import DicomSeries
+
+__all__ = ["write_dicom_series", "write_slices"]
 
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 STUDY_KEYWORDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber")
@@ -39,6 +50,59 @@ MRI_LEVELS = 4095
 CT_INTERCEPT = -1024
 
 
+# ------------------------------------------------------------------------------------------ low-level writer
+def _encoded_once(template: Dataset) -> Dataset:
+    """``template`` encoded (explicit VR little endian) and read back as raw elements: pydicom writes raw
+    elements of a dataset whose original encoding matches as they are, without encoding them again."""
+    correct_ambiguous_vr(template, True)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, template)
+    return read_dataset(DicomBytesIO(fp.getvalue()), is_implicit_VR=False, is_little_endian=True)
+
+
+def write_slices(folder: str | os.PathLike, template: Dataset, per_slice: Sequence[Dataset], pixels: np.ndarray,
+                 names: Sequence[str]) -> list[Path]:
+    """Write one DICOM file per slice into ``folder`` (replaced atomically when all are written); returns them.
+
+    File ``names[k]`` holds the elements of ``template`` (needs SOPClassUID), then those of ``per_slice[k]``
+    (SOPInstanceUID, InstanceNumber, geometry, ...; they override the template's), the image pixel module of
+    ``pixels`` ((slices, rows, columns), int16 or uint16: Rows, Columns, 16 bits, PixelRepresentation, one
+    MONOCHROME2 sample) and ``pixels[k]`` as PixelData.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.dtype not in (np.int16, np.uint16):
+        raise ValueError(f"pixels must be (slices, rows, columns) int16 or uint16, got {pixels.dtype} "
+                         f"{pixels.shape}")
+    if not len(per_slice) == len(names) == pixels.shape[0]:
+        raise ValueError(f"{pixels.shape[0]} slices, {len(per_slice)} per-slice datasets and {len(names)} names")
+    if "SOPClassUID" not in template:
+        raise ValueError("the template needs a SOPClassUID")
+    head = copy.deepcopy(template)  # the caller's template stays as it was
+    head.SamplesPerPixel = 1
+    head.PhotometricInterpretation = "MONOCHROME2"
+    head.Rows, head.Columns = int(pixels.shape[1]), int(pixels.shape[2])
+    head.BitsAllocated, head.BitsStored, head.HighBit = 16, 16, 15
+    head.PixelRepresentation = int(pixels.dtype == np.int16)
+    static = _encoded_once(head)
+    encoded, charset = dict(static.items()), static.original_character_set
+    meta = FileMetaDataset()  # dcmwrite copies it and adds each slice's MediaStorageSOPInstanceUID
+    meta.MediaStorageSOPClassUID = template.SOPClassUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    little = pixels.dtype.newbyteorder("<")
+    with atomic_directory(folder) as tmp:
+        for own, name, plane in zip(per_slice, names, pixels, strict=True):
+            ds = Dataset(dict(encoded))
+            ds.set_original_encoding(False, True, charset)
+            ds.file_meta = meta
+            ds.update(own)
+            ds.PixelData = plane.astype(little, copy=False).tobytes()
+            ds["PixelData"].VR = "OW"
+            ds.save_as(tmp / name, enforce_file_format=True)
+    return [Path(folder) / name for name in names]
+
+
+# ----------------------------------------------------------------------------------- converted-volume series
 def _copy(dst: Dataset, src: Dataset, keywords: tuple[str, ...], empty_if_missing: bool = True) -> None:
     for kw in keywords:
         if kw in src:
@@ -53,37 +117,30 @@ def _series_description(source: str, target: str, model_info: Mapping[str, Any] 
     return text[:64]
 
 
-def _pixels(slice2d: np.ndarray, target: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Stored values and the pixel-module attributes for one (rows, columns) slice."""
+def _pixels(volume: np.ndarray, target: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stored values ((slices, rows, columns): slice ``k`` is ``volume[:, :, k].T``) and the rescale and window
+    attributes."""
+    planes = np.transpose(volume, (2, 1, 0))
     if target == "ct":
-        stored = np.clip(np.asarray(slice2d, np.int32) - CT_INTERCEPT, -32768, 32767).astype(np.int16)
-        attrs = {"PixelRepresentation": 1, "RescaleIntercept": CT_INTERCEPT, "RescaleSlope": 1,
-                 "RescaleType": "HU", "WindowCenter": 40, "WindowWidth": 400}
+        stored = np.clip(np.asarray(planes, np.int32) - CT_INTERCEPT, -32768, 32767).astype(np.int16)
+        attrs = {"RescaleIntercept": CT_INTERCEPT, "RescaleSlope": 1, "RescaleType": "HU", "WindowCenter": 40,
+                 "WindowWidth": 400}
     else:
-        unit = np.clip(np.asarray(slice2d, np.float32), -1.0, 1.0)
+        unit = np.clip(np.asarray(planes, np.float32), -1.0, 1.0)
         stored = np.rint((unit + 1.0) * (MRI_LEVELS / 2.0)).astype(np.uint16)
-        attrs = {"PixelRepresentation": 0, "RescaleIntercept": -1, "RescaleSlope": f"{2.0 / MRI_LEVELS:.10g}",
-                 "RescaleType": "US", "WindowCenter": 0, "WindowWidth": 2}
+        attrs = {"RescaleIntercept": -1, "RescaleSlope": f"{2.0 / MRI_LEVELS:.10g}", "RescaleType": "US",
+                 "WindowCenter": 0, "WindowWidth": 2}
     return np.ascontiguousarray(stored), attrs
 
 
-def _slice_dataset(
-    src: Dataset, pixels: np.ndarray, attrs: dict[str, Any], target: str, series_uid: str, number: int,
-    description: str, derivation: str, now: dt.datetime,
-) -> Dataset:
-    sop_class = CTImageStorage if target == "ct" else MRImageStorage
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+def _series_template(src: Dataset, attrs: dict[str, Any], target: str, series_uid: str, description: str,
+                     derivation: str, now: dt.datetime) -> Dataset:
+    """The elements every slice of the derived series shares, from the first source header."""
     ds = Dataset()
-    ds.file_meta = meta
     if "SpecificCharacterSet" in src:
         ds.SpecificCharacterSet = src.SpecificCharacterSet
     ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
+    ds.SOPClassUID = CTImageStorage if target == "ct" else MRImageStorage
     date, time_ = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time_
     _copy(ds, src, STUDY_KEYWORDS)
@@ -100,13 +157,7 @@ def _slice_dataset(
     ds.SoftwareVersions = f"ctmri-monai {__version__}"
     ds.FrameOfReferenceUID = src.get("FrameOfReferenceUID", None) or generate_uid()
     ds.PositionReferenceIndicator = src.get("PositionReferenceIndicator", "")
-    ds.InstanceNumber = number
-    _copy(ds, src, GEOMETRY_KEYWORDS, empty_if_missing=False)
     ds.DerivationDescription = derivation
-    ref = Dataset()
-    ref.ReferencedSOPClassUID = src.SOPClassUID
-    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
-    ds.SourceImageSequence = DicomSequence([ref])
     ds.BurnedInAnnotation = "NO"
     if target == "ct":
         ds.KVP = ""
@@ -118,13 +169,21 @@ def _slice_dataset(
         ds.MRAcquisitionType = ""
         ds.EchoTime = ""
         ds.EchoTrainLength = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     for kw, value in attrs.items():
         setattr(ds, kw, value)
-    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
+    return ds
+
+
+def _slice_elements(src: Dataset, number: int) -> Dataset:
+    """A new SOPInstanceUID, the instance number, the source slice's geometry and a reference to it."""
+    ds = Dataset()
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceNumber = number
+    _copy(ds, src, GEOMETRY_KEYWORDS, empty_if_missing=False)
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    ds.SourceImageSequence = DicomSequence([ref])
     return ds
 
 
@@ -146,36 +205,21 @@ def write_dicom_series(
     volume = np.asarray(volume)
     if volume.ndim != 3 or volume.shape[2] != len(series.files):
         raise ValueError(f"volume shape {volume.shape} does not fit the {len(series.files)}-slice series")
+    headers = list(series.headers)  # as scanned, in the series' slice order
+    for src_file, src in zip(series.files, headers, strict=True):
+        if (int(src.Rows), int(src.Columns)) != (volume.shape[1], volume.shape[0]):
+            raise ValueError(f"{src_file}: slice size {src.Rows}x{src.Columns} differs from the volume's")
     out_dir = Path(output_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
     series_uid = generate_uid()
-    description = _series_description(source, target, model_info)
     info = model_info or {}
     derivation = (f"Synthetic {target.upper()} made slice-wise by a CycleGAN generator from {source.upper()}"
                   f" series {series.uid}; model {Path(str(info.get('file') or 'unknown')).name}"
                   f" sha256 {str(info.get('sha256') or 'unknown')[:12]}. Not an acquisition.")[:1024]
-    now = dt.datetime.now()
-    files = []
-    try:
-        for k, (src_file, src) in enumerate(zip(series.files, series.headers, strict=True)):  # headers as scanned
-            if (int(src.Rows), int(src.Columns)) != (volume.shape[1], volume.shape[0]):
-                raise ValueError(f"{src_file}: slice size {src.Rows}x{src.Columns} differs from the volume's")
-            pixels, attrs = _pixels(volume[:, :, k].T, target)
-            number = int(src.get("InstanceNumber", k + 1) or k + 1)
-            ds = _slice_dataset(src, pixels, attrs, target, series_uid, number, description, derivation, now)
-            name = f"{k + 1:04d}.dcm"
-            ds.save_as(tmp / name, enforce_file_format=True)
-            files.append(str(out_dir / name))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return {"folder": out_dir, "series_uid": series_uid, "files": files}
+    pixels, attrs = _pixels(volume, target)
+    template = _series_template(headers[0], attrs, target, series_uid, _series_description(source, target, info),
+                                derivation, dt.datetime.now())
+    per_slice = [_slice_elements(src, int(src.get("InstanceNumber", k + 1) or k + 1))
+                 for k, src in enumerate(headers)]
+    names = [f"{k + 1:04d}.dcm" for k in range(len(headers))]
+    files = write_slices(out_dir, template, per_slice, pixels, names)
+    return {"folder": out_dir, "series_uid": series_uid, "files": [str(f) for f in files]}
