@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ def run_variant(name: str, settings: dict[str, Any], data: Path, out: Path, budg
               "fid_features": "random", "kid_subset_size": 8 if quick else 32, "eval_batch_size": 16,
               "progress_bar": False, "device": f"$torch.device('{device}')"}
     sizes = QUICK if quick else FULL
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     run_bundle("train", **common, **sizes, **settings, budget_minutes=budget, resume=False,
                n_epochs=100, n_epochs_decay=100, val_interval=1_000_000, sample_interval=1_000_000,
@@ -76,7 +78,8 @@ def run_variant(name: str, settings: dict[str, Any], data: Path, out: Path, budg
 
     trainer = load_checkpoint(run_dir / "checkpoints" / "final.pt")["trainer"]
     row = {"variant": name, **settings, "train_seconds": round(train_seconds, 1),
-           "iterations": int(trainer["iteration"]), "n_pairs": results.get("volume_n_pairs")}
+           "iterations": int(trainer["iteration"]), "n_pairs": results.get("volume_n_pairs"),
+           "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     row.update({key: results.get(key) for key, *_ in COLUMNS})
     return row
 
@@ -89,8 +92,11 @@ def markdown(rows: list[dict[str, Any]], budget: float, machine: dict[str, Any])
         values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
         if values:
             best[key] = min(values) if better == "lower" else max(values)
-    lines = [f"Budget {budget:g} min per variant, {machine['cpu']} ({machine['cpu_count']} cores), "
-             f"{machine['date']}.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    loads = [x for r in rows for x in r.get("load_average_1min", [])]
+    load = f", 1-min load average {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    lines = [f"Budget {budget:g} min per variant, {machine['cpu']} ({machine['cpu_count']} cores, torch threads "
+             f"{machine['torch_threads']}{load}), {machine['date']}.", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"], str(r["iterations"])]
         for key, _, digits, _ in COLUMNS:

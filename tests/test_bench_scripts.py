@@ -61,3 +61,21 @@ def test_large_volume_quick(bench_out: Path) -> None:
 def test_bench_peak_quick(bench_out: Path) -> None:
     data = json.loads((bench_out / "bench_peak.json").read_text())
     assert data["size"] == 256 and all(r["tflops"] > 0 for r in data["results"])
+
+
+def test_bench_quality_quick(tmp_path: Path) -> None:
+    """The four variants train, convert and score through the bundle; every figure of the table is reported."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_quality.py"), "--quick", "--output-dir",
+                             str(tmp_path)], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads((tmp_path / "bench_quality.json").read_text())
+    rows = {r["variant"]: r for r in data["results"]}
+    assert set(rows) == {"2D", "2.5D (k = 1)", "2D + structure", "2.5D + structure"}
+    for row in rows.values():
+        assert row["iterations"] > 0 and row["n_pairs"] == 1
+        for key in ("volume_mae_mri2ct_hu", "volume_ssim_ct2mri", "volume_through_plane_ct2mri",
+                    "volume_structure_mri2ct", "volume_dice_ct2mri"):
+            assert isinstance(row[key], float), key
+    assert "| 2.5D + structure |" in (tmp_path / "bench_quality.md").read_text()

@@ -14,7 +14,12 @@ from monai.bundle import ConfigParser
 from ctmri_monai.engines import CycleGANTrainer
 from ctmri_monai.networks import define_discriminator, define_generator
 from ctmri_monai.utils.amp import autocast, autocast_dtype, grad_scaler
-from ctmri_monai.utils.speed import configure_backends, is_compiled, maybe_compile
+from ctmri_monai.utils.speed import configure_backends, maybe_compile
+
+
+def is_compiled(net: torch.nn.Module) -> bool:
+    """Whether ``net``'s forward was compiled in place (``nn.Module.compile``)."""
+    return getattr(net, "_compiled_call_impl", None) is not None
 
 
 def _nets() -> list[torch.nn.Module]:

@@ -15,7 +15,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["configure_backends", "is_compiled", "maybe_compile"]
+__all__ = ["configure_backends", "maybe_compile"]
 
 
 def configure_backends(device: str | torch.device, benchmark: bool = True) -> dict[str, Any]:
@@ -50,7 +50,3 @@ def maybe_compile(net: nn.Module, enabled: bool = False, **kwargs: Any) -> nn.Mo
         logger.info("compiled %s with %s", type(net).__name__, kwargs or "default settings")
     return net
 
-
-def is_compiled(net: nn.Module) -> bool:
-    """Whether ``net``'s forward was compiled in place by :func:`maybe_compile`."""
-    return getattr(net, "_compiled_call_impl", None) is not None
