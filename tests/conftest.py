@@ -71,3 +71,24 @@ def write_tiny_checkpoint(path: Path, image_size: int = 32, pixdim: tuple[float,
     data = {f"generator_{d}": define_generator(**spec.generator_kwargs()).state_dict() for d in ("ct2mri", "mri2ct")}
     atomic_torch_save(data | {"model_spec": spec.state_dict()}, path)
     return path
+
+
+def fail_dicom_write_at(monkeypatch: pytest.MonkeyPatch, call: int = 3) -> list:
+    """Make the ``call``-th DICOM file write leave a partial file and fail with a full disk (ENOSPC); returns the
+    list of file names written (or tried)."""
+    import errno
+
+    import pydicom
+
+    real_save_as = pydicom.dataset.Dataset.save_as
+    calls: list = []
+
+    def save_as(self: pydicom.dataset.Dataset, filename: object, *args: object, **kwargs: object) -> None:
+        calls.append(filename)
+        if len(calls) == call:
+            Path(str(filename)).write_bytes(b"\x00" * 64)  # a partial slice
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+        real_save_as(self, filename, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_as)
+    return calls

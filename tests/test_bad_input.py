@@ -25,7 +25,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import CONFIGS, make_spec
+from conftest import CONFIGS, fail_dicom_write_at, make_spec
 from pydicom.encaps import encapsulate
 from test_convert import Identity, head_hu, leftovers, save_nifti, write_ct_series
 
@@ -459,17 +459,7 @@ def test_disk_full_while_writing_a_dicom_series(tmp_path: Path, monkeypatch: pyt
     data = tmp_path / "data"
     write_ct_series(data / "series", head_hu(GOOD_SHAPE))
     save_nifti(data / "plain.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
-    real_save_as = pydicom.dataset.Dataset.save_as
-    calls = []
-
-    def save_as(self: pydicom.dataset.Dataset, filename: object, *args: object, **kwargs: object) -> None:
-        calls.append(filename)
-        if len(calls) == 3:
-            Path(str(filename)).write_bytes(b"\x00" * 64)  # a partial slice
-            raise _enospc(filename)
-        real_save_as(self, filename, *args, **kwargs)
-
-    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_as)
+    fail_dicom_write_at(monkeypatch, 3)
     out = tmp_path / "out"
     assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S),
                      device="cpu", progress=False, model_info=INFO,

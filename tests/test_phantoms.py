@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import re
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import fail_dicom_write_at
 from PIL import Image
 from scipy import ndimage
 
@@ -229,17 +229,7 @@ def test_rerun_replaces_stale_outputs(tmp_path):
 
 def test_failed_dicom_write_leaves_no_partial_series(tmp_path, monkeypatch):
     """The CT series goes through the one DICOM writer: a slice that fails leaves no series and no temporaries."""
-    real_save_as = pydicom.dataset.Dataset.save_as
-    calls = []
-
-    def save_as(self: pydicom.dataset.Dataset, filename: object, *args: object, **kwargs: object) -> None:
-        calls.append(filename)
-        if len(calls) == 3:
-            Path(str(filename)).write_bytes(b"\x00" * 64)  # a partial slice
-            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
-        real_save_as(self, filename, *args, **kwargs)
-
-    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_as)
+    fail_dicom_write_at(monkeypatch, 3)
     with pytest.raises(OSError, match="No space left"):
         make_phantoms(tmp_path, subjects=1, seed=0, shape=(32, 32, 8))
     assert list((tmp_path / "dicom" / "ct").iterdir()) == []
