@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +21,11 @@ from ctmri_monai.metrics import (
     FeatureNetworkNotFoundError,
     InceptionFeatures,
     RandomFeatures,
+    RealFeatureCache,
     TranslationFID,
     TranslationOutputTransform,
     default_inception_path,
+    feature_network_identity,
     frechet_distance,
     frechet_distance_from_stats,
     kernel_inception_distance,
@@ -280,6 +285,177 @@ def test_translation_fid_standalone_and_decollated_output() -> None:
     )
     with pytest.raises(ValueError, match="direction"):
         TranslationOutputTransform("ct2pet")
+
+
+# ---------------------------------------------------------------- on-disk cache of the real images' features
+
+
+class _RealSpy:
+    """Forward hook on a feature network: counts the images it sees that are real images (by content), and the rest."""
+
+    def __init__(self, net: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
+        self.real = {self._bytes(x) for b in batches for k in ("real_ct", "real_mri") for x in b[k]}
+        self.real_images = self.other_images = 0
+        net.register_forward_hook(self)
+
+    @staticmethod
+    def _bytes(image: torch.Tensor) -> bytes:
+        return image.detach().cpu().contiguous().numpy().tobytes()
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        for image in args[0]:
+            if self._bytes(image) in self.real:
+                self.real_images += 1
+            else:
+                self.other_images += 1
+
+
+def _spied(batches: list[dict[str, torch.Tensor]], seed: int = 0) -> tuple[RandomFeatures, _RealSpy]:
+    net = RandomFeatures(num_features=16, seed=seed)
+    return net, _RealSpy(net, batches)
+
+
+def _evaluate(net: torch.nn.Module, batches: list[dict], cache_dir: Path | None) -> dict[str, float]:
+    """One evaluation as a bundle runs it: new metric objects (nothing in memory), one engine run."""
+    metrics = translation_metrics(net, kid_subset_size=5, kid_subsets=10, cache_dir=cache_dir)
+    engine = Engine(lambda e, batch: batch)
+    for name, metric in metrics.items():
+        metric.attach(engine, name)
+    return dict(engine.run(batches, max_epochs=1).metrics)
+
+
+def _cache_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("real-*.pt"))
+
+
+# 12 CT + 9 valid MRI real images, 12 fake MRI (CT inputs valid) + 9 fake CT (MRI inputs valid) in _eval_batches
+N_REAL, N_FAKE = 21, 21
+
+
+def test_second_evaluation_takes_the_real_features_from_the_disk_cache(tmp_path: Path, caplog) -> None:
+    batches, cache = _eval_batches(), tmp_path / "fid_cache"
+    net, spy = _spied(batches)
+    with caplog.at_level(logging.INFO, logger="ctmri_monai.metrics"):
+        first = _evaluate(net, batches, cache)
+    assert (spy.real_images, spy.other_images) == (N_REAL, N_FAKE)
+    files = _cache_files(cache)
+    assert len(files) == 2 and sorted(cache.iterdir()) == files  # one real set per direction, no temporaries
+    assert caplog.text.count("real-image features computed") == 2 and "from cache" not in caplog.text
+    stored = torch.load(files[0], weights_only=True)
+    assert stored["features"].dtype == torch.float64 and stored["features"].shape[1] == 16
+    assert stored["key"] in files[0].name and "RandomFeatures" in stored["network"]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ctmri_monai.metrics"):
+        second = _evaluate(net, batches, cache)
+    assert spy.real_images == N_REAL, "the second evaluation ran the feature network on real images"
+    assert spy.other_images == 2 * N_FAKE  # the fakes are always computed
+    assert second == first  # bitwise: the cached features are the computed ones
+    assert sum(f"real-image features from cache {f}" in caplog.text for f in files) == 2
+    assert "computed" not in caplog.text
+    assert _evaluate(RandomFeatures(num_features=16, seed=0), batches, None) == first  # no cache: same values
+
+
+def test_disk_cache_misses_on_other_images_or_weights_and_replaces_bad_files(tmp_path: Path) -> None:
+    batches, cache = _eval_batches(), tmp_path / "fid_cache"
+    first = _evaluate(RandomFeatures(num_features=16, seed=0), batches, cache)
+    originals = _cache_files(cache)
+
+    changed = [dict(b) for b in batches]
+    changed[2]["real_ct"] = changed[2]["real_ct"].clone()
+    changed[2]["real_ct"][1, 0, 5, 5] += 0.01  # one pixel of one real CT image
+    net, spy = _spied(changed)
+    _evaluate(net, changed, cache)
+    assert spy.real_images == 12, "only the changed CT set (12 images) is computed; the MRI set is cached"
+    assert len(_cache_files(cache)) == 3
+
+    net, spy = _spied(batches, seed=1)  # other weights: another network identity
+    _evaluate(net, batches, cache)
+    assert spy.real_images == N_REAL and len(_cache_files(cache)) == 5
+
+    originals[0].write_bytes(b"not a torch file")  # corrupt
+    torch.save({"format": 1, "key": "another", "features": torch.zeros(3, 16, dtype=torch.float64)}, originals[1])
+    net, spy = _spied(batches)
+    assert _evaluate(net, batches, cache) == first  # recomputed, never an error
+    assert spy.real_images == N_REAL
+    for file in originals:  # and replaced by good entries
+        assert torch.load(file, weights_only=True)["key"] in file.name
+    net, spy = _spied(batches)
+    assert _evaluate(net, batches, cache) == first and spy.real_images == 0
+
+
+def test_feature_network_identity_covers_weights_resize_and_device(tmp_path: Path, caplog) -> None:
+    ident = feature_network_identity(RandomFeatures(num_features=16, seed=0))
+    assert ident == feature_network_identity(RandomFeatures(num_features=16, seed=0))
+    assert ident != feature_network_identity(RandomFeatures(num_features=16, seed=1))
+    wrapped = feature_network_identity(_Counting(RandomFeatures(num_features=16, seed=0)))
+    assert wrapped is not None and ident in wrapped  # a wrapper names the network inside
+    assert feature_network_identity(lambda x: x.flatten(1)) is None
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for path in paths:
+            torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 32, 32)), str(path))
+            torch.nn.init.normal_(net[0].weight)  # the second file holds other weights
+    a = InceptionFeatures(path=paths[0], input_size=32).cache_identity()
+    assert a == InceptionFeatures(path=paths[0], input_size=32).cache_identity()
+    assert a != InceptionFeatures(path=paths[1], input_size=32).cache_identity()
+    assert a != InceptionFeatures(path=paths[0], input_size=40).cache_identity()
+    assert a != InceptionFeatures(path=paths[0], input_size=32, input_range=(0.0, 1.0)).cache_identity()
+
+    with caplog.at_level(logging.WARNING, logger="ctmri_monai.metrics"):
+        values = _evaluate(lambda x: RandomFeatures(num_features=16)(x), _eval_batches(), tmp_path / "plain")
+    assert "not cached on disk" in caplog.text and not (tmp_path / "plain").exists()
+    assert values == _evaluate(RandomFeatures(num_features=16), _eval_batches(), None)
+
+
+def _cache_worker(rank: int, world: int, port: int, cache: str, out: str) -> None:
+    """Evaluate this rank's share of the batches twice (new metrics each time) with a shared disk cache."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        batches = _eval_batches()
+        mine = batches[rank::world]  # rank 0: batches 0 and 2, rank 1: batch 1
+        net, spy = _spied(batches)
+        saved: list[str] = []
+        original = RealFeatureCache.save
+
+        def spy_save(self: RealFeatureCache, key: str, features: torch.Tensor, network: str) -> Path | None:
+            saved.append(key)
+            return original(self, key, features, network)
+
+        RealFeatureCache.save = spy_save  # type: ignore[method-assign]
+        first = _evaluate(net, mine, Path(cache))
+        after_first = spy.real_images
+        second = _evaluate(net, mine, Path(cache))
+        torch.save({"first": first, "second": second, "real_first": after_first, "real_second": spy.real_images,
+                    "saved": saved}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_disk_cache_across_two_gloo_ranks(tmp_path: Path) -> None:
+    """Ranks agree on one key per gathered real set; rank 0 alone writes; the second evaluation reads on both."""
+    import torch.multiprocessing as mp
+
+    from ctmri_monai.utils.distributed import free_port
+
+    cache = tmp_path / "fid_cache"
+    mp.start_processes(_cache_worker, args=(2, free_port(), str(cache), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert len(_cache_files(cache)) == 2
+    assert len(ranks[0]["saved"]) == 2 and ranks[1]["saved"] == []
+    assert (ranks[0]["real_first"], ranks[1]["real_first"]) == (8 + 5, 4 + 4)  # each rank its own real images
+    assert all(r["real_second"] == r["real_first"] for r in ranks)  # nothing computed in the second evaluation
+    assert ranks[0]["second"] == ranks[0]["first"] == ranks[1]["first"] == ranks[1]["second"]
+    whole = _evaluate(RandomFeatures(num_features=16, seed=0), _eval_batches(), None)
+    for name in ("fid_ct2mri", "fid_mri2ct", "fid_mean"):  # the gathered sets are the whole sets (other order:
+        assert ranks[0]["first"][name] == pytest.approx(whole[name], rel=1e-6)  # KID's subsets differ)
 
 
 # ---------------------------------------------------------------- paired metrics

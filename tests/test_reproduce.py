@@ -17,13 +17,16 @@ from ctmri_monai.apps.bundle_paths import parse_override, run_bundle
 from ctmri_monai.apps.preview import preview_grid
 from ctmri_monai.apps.reproduce import (
     ReproduceConfig,
+    evaluate_overrides,
     main,
     reproduce,
+    train_overrides,
     training_throughput,
     unet_num_downs,
 )
 from ctmri_monai.engines.schedule import LinearDecayRule
 from ctmri_monai.io.checkpoint_file import load_checkpoint
+from ctmri_monai.metrics.feature_cache import RealFeatureCache
 
 # Tiny networks; 6 training images per domain with val_fraction 0.34 leave 2 for validation (FID needs 2).
 TINY = {"image_size": 32, "ngf": 4, "ndf": 4, "n_blocks": 1, "batch_size": 2, "num_workers": 0,
@@ -86,8 +89,30 @@ def test_unet_levels_follow_the_image_size() -> None:
     assert parse_override("size_policy=crop") == ("size_policy", "crop")
 
 
-def test_reproduce_writes_the_table_with_every_field(kaggle_tiny: Path, tmp_path: Path, one_thread: None) -> None:
+def _spy_on_the_feature_cache(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[bool]]:
+    """(keys written, whether each look-up found the features) of every RealFeatureCache in this process."""
+    saved: list[str] = []
+    found: list[bool] = []
+    save, lookup = RealFeatureCache.save, RealFeatureCache.lookup
+
+    def spy_save(self: RealFeatureCache, key: str, *args: object, **kwargs: object) -> Path | None:
+        saved.append(key)
+        return save(self, key, *args, **kwargs)
+
+    def spy_lookup(self: RealFeatureCache, *args: object, **kwargs: object) -> tuple:
+        result = lookup(self, *args, **kwargs)
+        found.append(result[1] is not None)
+        return result
+
+    monkeypatch.setattr(RealFeatureCache, "save", spy_save)
+    monkeypatch.setattr(RealFeatureCache, "lookup", spy_lookup)
+    return saved, found
+
+
+def test_reproduce_writes_the_table_with_every_field(kaggle_tiny: Path, tmp_path: Path, one_thread: None,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
+    written, found = _spy_on_the_feature_cache(monkeypatch)
     extra = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("image_size", "ngf", "batch_size",
                                                                      "num_workers", "fid_features", "ndf")]
     argv = ["--dataset-dir", str(kaggle_tiny), "--output-dir", str(out), "--budget-minutes", "0.25",
@@ -119,8 +144,24 @@ def test_reproduce_writes_the_table_with_every_field(kaggle_tiny: Path, tmp_path
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(lines) == 3 and all("|  |" not in line for line in lines)
 
+    # The real images' features: computed once per real set (validation and test split, both directions) in the
+    # whole reproduction, then read from OUT/fid_cache by the other backbone's validations and evaluation.
+    assert len(written) == len(set(written)) == 4, written
+    assert sorted(p.name for p in (out / "fid_cache").iterdir()) == sorted(f"real-{k}.pt" for k in written)
+    assert found.count(True) >= 4 and found.count(False) == 4
+
     with pytest.raises(FileExistsError, match="--overwrite"):  # never mixes a new run into an old one
         reproduce(ReproduceConfig(dataset_dir=str(kaggle_tiny), output_dir=str(out), backbones=("resnet",)))
+
+
+def test_every_run_of_the_reproduction_shares_one_fid_cache(tmp_path: Path) -> None:
+    cfg = ReproduceConfig(dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+    cache = str(tmp_path / "out" / "fid_cache")
+    assert {train_overrides(cfg, b)["fid_cache_dir"] for b in ("resnet", "unet")} == {cache}
+    assert evaluate_overrides(cfg, "unet", tmp_path / "final.pt")["fid_cache_dir"] == cache
+    mine = ReproduceConfig(dataset_dir=str(tmp_path), output_dir=str(tmp_path), overrides={"fid_cache_dir": "/c"})
+    assert train_overrides(mine, "resnet")["fid_cache_dir"] == evaluate_overrides(mine, "resnet", tmp_path)[
+        "fid_cache_dir"] == "/c"  # a user override wins
 
 
 def test_budget_run_ends_within_the_minute_with_the_lr_at_zero(kaggle_tiny: Path, tmp_path: Path,

