@@ -22,7 +22,6 @@ __all__ = [
     "FeatureNetworkNotFoundError",
     "InceptionFeatures",
     "RandomFeatures",
-    "clear_feature_network_cache",
     "default_inception_path",
     "load_feature_network",
     "module_device",

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "feature_statistics",
     "frechet_distance",
-    "frechet_distance_from_stats",
     "kernel_inception_distance",
     "mmd2_unbiased",
     "polynomial_kernel",
@@ -60,12 +58,6 @@ def _trace_sqrt_product(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.linalg.svd(p.T @ q, compute_uv=False).sum())
 
 
-def feature_statistics(feats: Features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (F,) and unbiased covariance (F, F) of features (N, F), float64."""
-    a = _as_features(feats, "feats")
-    return a.mean(axis=0), np.cov(a, rowvar=False)
-
-
 def frechet_distance(feats_a: Features, feats_b: Features) -> float:
     """Fréchet distance (FID when the features are Inception pool features) between two feature sets (N, F).
 
@@ -82,19 +74,6 @@ def frechet_distance(feats_a: Features, feats_b: Features) -> float:
     cross = _trace_sqrt_product(_cov_factor(ca), _cov_factor(cb))
     diff = mu_a - mu_b
     return max(float(diff @ diff) + tr_a + tr_b - 2.0 * cross, 0.0)
-
-
-def frechet_distance_from_stats(
-    mu_a: Features, sigma_a: Features, mu_b: Features, sigma_b: Features
-) -> float:
-    """Fréchet distance between N(mu_a, sigma_a) and N(mu_b, sigma_b), e.g. precomputed reference stats."""
-    mu_a, mu_b = np.asarray(mu_a, np.float64).ravel(), np.asarray(mu_b, np.float64).ravel()
-    s_a, s_b = np.asarray(sigma_a, np.float64), np.asarray(sigma_b, np.float64)
-    if s_a.shape != (mu_a.size, mu_a.size) or s_b.shape != s_a.shape or mu_b.shape != mu_a.shape:
-        raise ValueError(f"inconsistent shapes: mu {mu_a.shape}/{mu_b.shape}, sigma {s_a.shape}/{s_b.shape}")
-    cross = _trace_sqrt_product(_psd_sqrt(s_a), _psd_sqrt(s_b))
-    diff = mu_a - mu_b
-    return max(float(diff @ diff + np.trace(s_a) + np.trace(s_b)) - 2.0 * cross, 0.0)
 
 
 def polynomial_kernel(
