@@ -59,12 +59,12 @@ def make_data(folder: Path, quick: bool) -> Path:
 
 
 def run_variant(name: str, settings: dict[str, Any], data: Path, out: Path, budget: float, quick: bool,
-                device: str) -> dict[str, Any]:
+                device: str, seed: int = 0) -> dict[str, Any]:
     """Train one variant within ``budget`` minutes, evaluate it; its row of the table."""
     run_dir = out / name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "").replace("+", "plus")
     common = {"dataset_dir": str(data), "output_dir": str(run_dir), "layout": "volumes", "num_workers": 0,
               "fid_features": "random", "kid_subset_size": 8 if quick else 32, "eval_batch_size": 16,
-              "progress_bar": False, "device": f"$torch.device('{device}')"}
+              "progress_bar": False, "device": f"$torch.device('{device}')", "seed": seed}
     sizes = QUICK if quick else FULL
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def run_variant(name: str, settings: dict[str, Any], data: Path, out: Path, budg
     from ctmri_monai.io.checkpoint_file import load_checkpoint
 
     trainer = load_checkpoint(run_dir / "checkpoints" / "final.pt")["trainer"]
-    row = {"variant": name, **settings, "train_seconds": round(train_seconds, 1),
+    row = {"variant": name, **settings, "seed": seed, "train_seconds": round(train_seconds, 1),
            "iterations": int(trainer["iteration"]), "n_pairs": results.get("volume_n_pairs"),
            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     row.update({key: results.get(key) for key, *_ in COLUMNS})
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny networks and phantoms: seconds (CI)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, pairing, slices)")
     args = parser.parse_args(argv)
     quiet_known_warnings()
     out = Path(args.output_dir)
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget_minutes if args.budget_minutes is not None else (0.1 if args.quick else 6.0)
     device = str(resolve_device(args.device))
     data = Path(args.dataset_dir) if args.dataset_dir else make_data(out / "data", args.quick)
-    rows = [run_variant(name, VARIANTS[name], data, out, budget, args.quick, device) for name in args.variants]
+    rows = [run_variant(name, VARIANTS[name], data, out, budget, args.quick, device, args.seed)
+            for name in args.variants]
     machine = machine_info(resolve_device(device))
     table = markdown(rows, budget, machine)
     write_json({"quick": args.quick, "budget_minutes": budget, "machine": machine, "results": rows},
