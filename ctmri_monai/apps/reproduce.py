@@ -40,7 +40,7 @@ CHECKPOINT_KEYS = frozenset({"backbone", "ngf", "n_blocks", "num_downs", "image_
                              "mri_percentiles", "pixdim", "context_slices", "layout"})
 # Keys that only make sense for training: not passed to the evaluation run either.
 TRAIN_ONLY_KEYS = frozenset({"budget_minutes", "resume", "batch_size", "ndf", "n_blocks", "num_downs", "n_epochs",
-                             "n_epochs_decay", "lr"})
+                             "n_epochs_decay", "lr", "lambda_structure"})
 #: Folder (in OUT) of the real images' FID features that every training and evaluation run shares.
 FID_CACHE = "fid_cache"
 
@@ -124,7 +124,7 @@ def train_overrides(cfg: ReproduceConfig, backbone: str) -> dict[str, Any]:
         "budget_minutes": cfg.budget_minutes, "resume": False, "image_size": cfg.image_size, "ngf": cfg.ngf,
         "ndf": cfg.ngf, "batch_size": cfg.batch_size, "fid_features": cfg.fid_features,
         "num_workers": cfg.num_workers, "fid_cache_dir": fid_cache_dir(cfg), **device_override(cfg.device),
-        **_card_override(cfg),
+        **_card_override(cfg), "lambda_structure": 0.0,  # the paper's method (the bundle adds a structure loss)
     }
     if backbone == "unet":
         overrides["num_downs"] = unet_num_downs(cfg.image_size)
