@@ -3,6 +3,7 @@ an optional structure-preserving loss between each translated image and its inpu
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -51,6 +52,19 @@ def mind_offsets(neighbourhood: int = 8, dilation: int = 1) -> list[tuple[int, i
     return [(d * dy, d * dx) for dy, dx in steps]
 
 
+@functools.lru_cache(maxsize=16)
+def _mind_kernels(neighbourhood: int, dilation: int, sigma: float,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shift kernels (one 3 x 3 dilated conv gives all I(x) - I(x + r): kernel r is delta(centre) - delta(r))
+    and the Gaussian patch kernel, built once per setting and device (not at every training step)."""
+    offsets = mind_offsets(neighbourhood, dilation)
+    shifts = torch.zeros(len(offsets), 1, 3, 3, dtype=torch.float32)
+    shifts[:, 0, 1, 1] = 1.0
+    for i, (dy, dx) in enumerate(offsets):
+        shifts[i, 0, 1 + dy // dilation, 1 + dx // dilation] = -1.0
+    return shifts.to(device), _gaussian_kernel(sigma).to(device)
+
+
 def mind_descriptor(image: torch.Tensor, neighbourhood: int = 8, dilation: int = 1, sigma: float = 0.8,
                     eps: float = 0.2) -> torch.Tensor:
     """MIND of (N, 1, H, W) images: (N, |R|, H, W) in (0, 1], max 1 over the channels at every pixel.
@@ -65,16 +79,9 @@ def mind_descriptor(image: torch.Tensor, neighbourhood: int = 8, dilation: int =
         raise ValueError(f"expected (N, 1, H, W) images, got shape {tuple(image.shape)}")
     with torch.autocast(device_type=image.device.type, enabled=False):
         x = image.float()
-        offsets = mind_offsets(neighbourhood, dilation)
         d = int(dilation)
-        # One 3 x 3 (dilated) conv gives all I(x) - I(x + r): kernel r is delta(centre) - delta(r).
-        shifts = torch.zeros(len(offsets), 1, 3, 3, dtype=torch.float32)
-        shifts[:, 0, 1, 1] = 1.0
-        for i, (dy, dx) in enumerate(offsets):
-            shifts[i, 0, 1 + dy // d, 1 + dx // d] = -1.0
-        shifts = shifts.to(x.device)
+        shifts, g = _mind_kernels(int(neighbourhood), d, float(sigma), x.device)
         diff = F.conv2d(F.pad(x, (d, d, d, d), mode="replicate"), shifts, dilation=d).square()  # (N, |R|, H, W)
-        g = _gaussian_kernel(float(sigma)).to(x.device)
         k, r = diff.shape[1], (g.numel() - 1) // 2
         diff = F.conv2d(F.pad(diff, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(k, 1, -1, 1),
                         groups=k)

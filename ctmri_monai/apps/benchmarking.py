@@ -163,6 +163,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str,
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON, atomically (creating the folder); returns the path."""
-    from ctmri_monai.handlers.results import write_json_atomic
+    from ctmri_monai.io.atomic import atomic_write_json
 
-    return write_json_atomic(data, path)
+    return atomic_write_json(path, data)

@@ -319,7 +319,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
 
 def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     """Train and evaluate every backbone of ``cfg``; write ``table.md`` and ``results.json``; return the report."""
-    from ctmri_monai.handlers.results import write_json_atomic, write_text_atomic
+    from ctmri_monai.io.atomic import atomic_write_json, atomic_write_text
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,8 +334,8 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
               "fid_features": cfg.fid_features, "config": asdict(cfg) | {"device": cfg.device or "auto"},
               "reduced": bool(reasons),
               "reduced_reasons": reasons, "rows": rows}
-    write_json_atomic(report, out / "results.json")
-    write_text_atomic(markdown_report(report), out / "table.md")
+    atomic_write_json(out / "results.json", report)
+    atomic_write_text(out / "table.md", markdown_report(report))
     return report
 
 

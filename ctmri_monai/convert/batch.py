@@ -30,6 +30,7 @@ from ctmri_monai.io.atomic import atomic_write_json
 from ctmri_monai.io.errors import ContractError, CtmriError, InputError
 from ctmri_monai.io.volume import load_volume
 from ctmri_monai.spec import ModelSpec
+from ctmri_monai.transforms.intensity import require_ct_window
 from ctmri_monai.utils.device import resolve_device
 from ctmri_monai.utils.distributed import process_rank, shard_inputs
 
@@ -143,12 +144,7 @@ def resolve_contract(spec: ModelSpec | None, info: Mapping[str, Any],
                                     "conversion writes one gray slice per slice")
     for note in spec.notes:  # assumptions behind a version-1 contract are warnings; the rest is information
         (logger.warning if spec.version < 2 else logger.info)("%s: %s", origin, note)
-    if spec.ct.window is None:
-        why = "it was written before the data contract" if spec.version < 2 else \
-            "it was trained on 8-bit CT images whose export window no dataset.json card declared"
-        raise ContractError(origin, f"the model's CT window is unknown ({why}), so it cannot map Hounsfield units "
-                                    "as in training; give the HU window its CT training images were exported with: "
-                                    "--ct-window LO HI (e.g. --ct-window -20 100 for level 40 / width 120)")
+    require_ct_window(spec, origin)
     return spec
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.batch import run_batch
+from ctmri_monai.spec import FRAMINGS
 
 __all__ = ["add_convert_arguments", "contract_overrides", "main_convert"]
 
@@ -38,7 +39,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     contract = parser.add_argument_group("contract overrides (each replaces what the checkpoint recorded; logged)")
     contract.add_argument("--ct-window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
                           help="HU range the CT training images were exported with (level 40 / width 120: -20 100)")
-    contract.add_argument("--framing", choices=("fit", "crop", "resize_crop", "spacing"), default=None,
+    contract.add_argument("--framing", choices=FRAMINGS, default=None,
                           help="how slices are brought to the model's image size")
     contract.add_argument("--pixdim", nargs=2, type=float, metavar=("PX", "PY"), default=None,
                           help="in-plane mm of the 'spacing' framing")

@@ -22,12 +22,13 @@ from monai.inferers import SliceInferer
 from ctmri_monai import DOMAINS
 from ctmri_monai.convert.qa import consistency_report, save_montage
 from ctmri_monai.engines.slices import translate_volume, valid_range
-from ctmri_monai.io.errors import ContractError, InputError
+from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.nifti import nifti_image_like, output_error, write_nifti
 from ctmri_monai.io.paths import path_stem
 from ctmri_monai.io.volume import Volume, load_volume
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.checks import check_contract
+from ctmri_monai.transforms.intensity import require_ct_window
 
 
 def synthetic_description(source: str, target: str, model_info: Mapping[str, Any] | None = None,
@@ -93,10 +94,8 @@ def convert_volume(
     t_start = time.perf_counter()
     if source not in DOMAINS or target not in DOMAINS:
         raise ValueError(f"source and target must be in {DOMAINS}, got {source!r}, {target!r}")
-    if target == "ct" and spec.ct.window is None:
-        raise ContractError(model_info.get("file", "model") if model_info else "model", "the model was trained on "
-                            "8-bit CT images whose HU window is unknown, so its synthetic CT has no Hounsfield "
-                            "scale; give the export window with --ct-window LO HI")
+    if target == "ct":
+        require_ct_window(spec, (model_info or {}).get("file", "model"))
     device = torch.device(device)
     timings: dict[str, float] = {}
 
@@ -122,7 +121,8 @@ def convert_volume(
 
     axis, numbers = _axial_slice_numbers(volume, spec.geometry.axcodes, int(translation.source_unit.shape[-1]))
     source_unit, fake_unit = translation.source_unit, translation.fake_unit
-    qa = consistency_report(source_unit, fake_unit, qa_threshold, slice_index=numbers)
+    qa = consistency_report(source_unit, fake_unit, qa_threshold, slice_index=numbers,
+                            source_mask=translation.source_mask)
     qa["slice_axis"] = axis
     if qa_dir is not None:
         montage = Path(qa_dir) / f"{path_stem(output_path)}_qa.png"

@@ -29,26 +29,29 @@ from PIL import Image, ImageDraw
 from ctmri_monai.io.images import save_png, unit_to_uint8
 from ctmri_monai.metrics.consistency import consistency_metrics
 from ctmri_monai.metrics.paired import dice
-from ctmri_monai.transforms.mask import head_mask
+from ctmri_monai.transforms.mask import head_mask, with_min_area
 
 __all__ = ["consistency_report", "pick_slices", "save_montage", "upright"]
 
 
 def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, threshold: float = 0.90,
-                       min_area_fraction: float = 0.005, slice_index: Sequence[int] | None = None) -> dict[str, Any]:
+                       min_area_fraction: float = 0.005, slice_index: Sequence[int] | None = None,
+                       source_mask: np.ndarray | None = None) -> dict[str, Any]:
     """Findings over the axial slices ``[:, :, k]`` of two (H, W, D) arrays in [-1, 1] (module docstring).
 
     ``slice_index[k]`` is the number reported for slice k (e.g. its index in the input file). Returns: dice (per
     slice holding a head), dice_min, dice_mean, slices_evaluated, slices_below (anatomy changed),
     slices_tissue_in_air (no head in the input, tissue in the output), invented_fraction, threshold, flagged,
-    through_plane, roughness, structure (module docstring; None where undefined).
+    through_plane, roughness, structure (module docstring; None where undefined). ``source_mask``: the input's
+    head mask when the caller has it already (`head_mask` without a minimum area).
     """
     src, out = np.asarray(source_unit), np.asarray(output_unit)
     if src.shape != out.shape or src.ndim != 3:
         raise ValueError(f"need two (H, W, D) arrays of one shape, got {src.shape} and {out.shape}")
     min_area = int(round(min_area_fraction * src.shape[0] * src.shape[1]))
     names = list(range(src.shape[2])) if slice_index is None else [int(i) for i in slice_index]
-    src_mask, out_mask = head_mask(src, min_area=min_area), head_mask(out, min_area=min_area)
+    src_mask = head_mask(src, min_area=min_area) if source_mask is None else with_min_area(source_mask, min_area)
+    out_mask = head_mask(out, min_area=min_area)
     per_slice: dict[int, float] = {}
     in_air: list[int] = []
     for k in range(src.shape[2]):

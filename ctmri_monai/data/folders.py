@@ -16,7 +16,7 @@ import numpy as np
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.paths import IMAGE_SUFFIXES
 
-__all__ = ["IMAGE_FOLDERS", "LAYOUTS", "VOLUME_FOLDERS", "VOLUME_SUFFIXES", "detect_layout", "effective_split",
+__all__ = ["IMAGE_FOLDERS", "VOLUME_FOLDERS", "VOLUME_SUFFIXES", "detect_layout", "effective_split",
            "list_images", "list_volumes", "split_files", "split_train_val"]
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_FOLDERS = {"train": ("trainA", "trainB"), "test": ("testA", "testB")}
 VOLUME_FOLDERS = ("volumes/ct", "volumes/mri")
-LAYOUTS = ("images", "volumes")
 
 
 def _is_hidden(path: Path) -> bool:

@@ -28,4 +28,4 @@ def cycle(forward: Network, backward: Network, stack: torch.Tensor, context: int
     n = int(stack.shape[0])
     translated = run(context_windows(stack, context), forward)  # (N * (2k + 1), 1, S, S)
     translated = translated.reshape(n, 2 * context + 1, *translated.shape[2:])
-    return centre_slice(translated, context), run(translated, backward)
+    return centre_slice(translated), run(translated, backward)

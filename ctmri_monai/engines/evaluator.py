@@ -54,7 +54,7 @@ class CycleGANEvaluator(Evaluator):
         with eval_mode(self.generator_ct2mri, self.generator_mri2ct), autocast(engine.state.device, self.amp_dtype):
             fake_mri = self.inferer(centre_window(stack_ct, k), self.generator_ct2mri).float()
             fake_ct = self.inferer(centre_window(stack_mri, k), self.generator_mri2ct).float()
-        real_ct, real_mri = centre_slice(stack_ct, k), centre_slice(stack_mri, k)
+        real_ct, real_mri = centre_slice(stack_ct), centre_slice(stack_mri)
         n = real_ct.shape[0]
         ones = torch.ones(n, dtype=torch.bool, device=real_ct.device)
         engine.state.output = {

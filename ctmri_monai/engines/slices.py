@@ -21,11 +21,11 @@ from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.inferers import SliceInferer
 
-from ctmri_monai.io.errors import CtmriError, InputError
+from ctmri_monai.io.errors import InputError, find_input_error
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.checks import check_framing
 from ctmri_monai.transforms.context import slice_stacks
-from ctmri_monai.transforms.intensity import ct_from_unit
+from ctmri_monai.transforms.intensity import ct_from_unit, require_ct_window
 from ctmri_monai.transforms.mask import head_mask
 from ctmri_monai.transforms.pipelines import volume_pipeline
 from ctmri_monai.transforms.spatial import InPlaneFramed
@@ -40,13 +40,13 @@ BACKGROUND = {"ct": -1000.0, "mri": -1.0}
 def valid_range(spec: ModelSpec, target: str) -> dict[str, Any]:
     """What the synthetic image can hold: inside the head, the model's range; outside it, ``BACKGROUND``."""
     if target == "ct":
-        lo, hi = spec.ct.window  # type: ignore[misc]
+        lo, hi = require_ct_window(spec)
         return {"unit": "HU", "min": lo, "max": hi, "background": BACKGROUND["ct"]}
     return {"unit": "network scale", "min": -1.0, "max": 1.0, "background": BACKGROUND["mri"]}
 
 
 class _SliceNetwork:
-    """Calls the generator on (B, 1, S, S) slices, counts them for a progress bar, returns float32."""
+    """Calls the generator on (B, 2k + 1, S, S) slice stacks, counts them for a progress bar, returns float32."""
 
     def __init__(self, generator: Callable[[torch.Tensor], torch.Tensor], progress: Any = None):
         self.generator = generator
@@ -99,12 +99,6 @@ def _prepare_generator(generator: Any, device: torch.device) -> Any:
     return generator
 
 
-def _prepare_generator(generator: Any, device: torch.device) -> Any:
-    if isinstance(generator, torch.nn.Module):
-        generator.to(device).eval()
-    return generator
-
-
 def to_target_domain(unit: torch.Tensor, target: str, spec: ModelSpec,
                      outside: torch.Tensor | None = None) -> np.ndarray:
     """Network scale -> output values: synthetic CT in HU through the model's window (rounded, int16), synthetic
@@ -125,11 +119,13 @@ def _framing(pipeline: Any) -> InPlaneFramed:
 @dataclass
 class Translation:
     """A translated volume: ``output`` on the input's grid in the target domain; the generator's ``source_unit``
-    input and raw ``fake_unit`` output on its (S, S, D) frames and their voxel ``spacing`` (mm); ``warnings`` of
-    the framing check; ``timings`` (seconds) of preprocess, inference and invert."""
+    input, its head mask ``source_mask`` and the raw ``fake_unit`` output on its (S, S, D) frames and their voxel
+    ``spacing`` (mm); ``warnings`` of the framing check; ``timings`` (seconds) of preprocess, inference and
+    invert."""
 
     output: np.ndarray
     source_unit: np.ndarray
+    source_mask: np.ndarray
     fake_unit: np.ndarray
     warnings: list[str]
     timings: dict[str, float]
@@ -165,24 +161,27 @@ def translate_volume(
     pipeline = volume_pipeline(spec, source)
     try:
         x = pipeline({"image": image})["image"]
-    except CtmriError as exc:
-        raise type(exc)(path, exc.problem) from exc
-    except Exception as exc:
+    except Exception as exc:  # MONAI wraps a transform's error in RuntimeError: report the project error inside
+        err = find_input_error(exc)
+        if err is not None:
+            raise type(err)(path, err.problem) from exc
         raise InputError(path, f"preprocessing failed ({type(exc).__name__}: {exc})") from exc
-    warnings = check_framing(path, x, _framing(pipeline).frame.last_resized_size, spec)
+    source_unit = x.as_tensor()[0].numpy()
+    source_mask = head_mask(source_unit)
+    warnings = check_framing(path, x, _framing(pipeline).frame.last_resized_size, spec, source_mask)
     lap("preprocess")
     if progress is not None and hasattr(progress, "reset"):
         progress.reset(total=int(x.shape[-1]))
     fake = infer_slices(_prepare_generator(generator, device), x, batch_size, device, amp, progress, inferer,
                         spec.geometry.context_slices)
     lap("inference")
-    source_unit, fake_unit = x.as_tensor()[0].numpy(), fake[0].numpy()
+    fake_unit = fake[0].numpy()
     spacing = tuple(float(v) for v in affine_to_spacing(x.affine, r=3))
 
     # Invert framing and orientation with MONAI, the output and the input's head mask (+1 head, -1 air) together.
     # The prediction must be a MetaTensor carrying the input's applied operations, or the inverse is silently
     # skipped.
-    mask = torch.from_numpy(head_mask(source_unit)).float().mul_(2.0).sub_(1.0)
+    mask = torch.from_numpy(source_mask).float().mul_(2.0).sub_(1.0)
     kept = torch.where(mask > 0, fake[0], torch.full_like(fake[0], -1.0)) if mask_background else fake[0]
     pred = MetaTensor(torch.stack([kept, mask]), meta=dict(x.meta), applied_operations=list(x.applied_operations))
     del x, fake
@@ -197,4 +196,4 @@ def translate_volume(
     unit = restored.as_tensor()
     output = to_target_domain(unit[0], target, spec, unit[1] <= 0 if mask_background else None)
     lap("invert")
-    return Translation(output, source_unit, fake_unit, warnings, timings, spacing)  # type: ignore[arg-type]
+    return Translation(output, source_unit, source_mask, fake_unit, warnings, timings, spacing)  # type: ignore[arg-type]

@@ -138,7 +138,7 @@ class CycleGANTrainer(Trainer):
         k = self.context_slices
         fake_mri, rec_ct = cycle(self.generator_ct2mri, self.generator_mri2ct, stack_ct, k, self.inferer)
         fake_ct, rec_mri = cycle(self.generator_mri2ct, self.generator_ct2mri, stack_mri, k, self.inferer)
-        real_ct, real_mri = centre_slice(stack_ct, k), centre_slice(stack_mri, k)
+        real_ct, real_mri = centre_slice(stack_ct), centre_slice(stack_mri)
         # The discriminators are frozen here: call them outside DDP, whose reducer would wait for their gradients.
         adv = self.adversarial(unwrap(self.discriminator_mri)(fake_mri), True) + self.adversarial(
             unwrap(self.discriminator_ct)(fake_ct), True)

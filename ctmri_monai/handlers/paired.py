@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
+from monai.networks.utils import eval_mode
 from monai.transforms import Orientation
 from PIL import Image
 
@@ -34,10 +35,10 @@ from ctmri_monai.data.folders import IMAGE_FOLDERS, split_train_val
 from ctmri_monai.data.unpaired import dataset_transforms
 from ctmri_monai.engines.slices import Translation, translate_volume
 from ctmri_monai.io.volume import load_volume
-from ctmri_monai.metrics.consistency import consistency_metrics
+from ctmri_monai.metrics.consistency import ngf_alignment, z_gradient_correlation, z_roughness_ratio
 from ctmri_monai.metrics.paired import CT_DATA_RANGE, CT_HU_RANGE, PairedAccumulator, dice
 from ctmri_monai.spec import ModelSpec
-from ctmri_monai.transforms.intensity import ct_from_unit, ct_to_unit, eight_bit_to_unit, mri_range, mri_to_unit
+from ctmri_monai.transforms.intensity import MRINormalize, ct_from_unit, ct_to_unit, eight_bit_to_unit
 from ctmri_monai.transforms.loading import pil_to_gray
 from ctmri_monai.transforms.mask import head_mask
 from ctmri_monai.transforms.pipelines import ORIENTATION_LABELS
@@ -95,18 +96,19 @@ def _ras(image: MetaTensor) -> np.ndarray:
 
 def evaluate_volume_pairs(pairs: Sequence[tuple[Path, Path]], generators: Mapping[str, Generator], spec: ModelSpec,
                           device: str = "cpu", batch_size: int = 16) -> dict[str, float]:
-    """Paired metrics of both directions over volume ``pairs`` (module docstring); {} without pairs."""
-    if not pairs:
-        return {}
+    """Paired metrics of both directions over volume ``pairs`` (module docstring); {} without pairs or without a
+    known CT window (as for 2D pairs)."""
     window = spec.ct.window
+    if not pairs or window is None:
+        return {}
     ct_acc = PairedAccumulator(CT_DATA_RANGE, CT_HU_RANGE)
-    ct_win = PairedAccumulator(window[1] - window[0], window)  # type: ignore[index]
+    ct_win = PairedAccumulator(window[1] - window[0], window)
     mri_acc = PairedAccumulator(2.0, (-1.0, 1.0))
     volume_figures: dict[str, list[float]] = {}
     for ct_path, mri_path in pairs:
         real_ct, real_mri = load_volume(ct_path).image, load_volume(mri_path).image
         ct_hu, mri_values = _ras(real_ct), _ras(real_mri)
-        real = {"ct": ct_hu, "mri": mri_to_unit(mri_values, *mri_range(mri_values, spec.mri.percentiles)).numpy()}
+        real = {"ct": ct_hu, "mri": np.asarray(MRINormalize(spec.mri.percentiles)(torch.from_numpy(mri_values)))}
         mask = head_mask(ct_to_unit(ct_hu, window).numpy())
         fake = {}
         for direction, (path, image, source, target) in {"mri2ct": (mri_path, real_mri, "mri", "ct"),
@@ -131,10 +133,9 @@ def volume_consistency(output: np.ndarray, source: np.ndarray, reference: np.nda
     """A converted volume's figures beside its paired metrics: ``through_plane`` (z-gradient correlation with the
     real target), ``roughness`` (slice-to-slice roughness over the input's, 1 is best), ``structure`` (edge
     alignment with the input, `ngf_alignment`), and ``dice`` (head masks of the generator's input and output)."""
-    figures = consistency_metrics(output, source, mask, reference=reference)
-    source_mask, output_mask = head_mask(translation.source_unit), head_mask(translation.fake_unit)
-    return {"through_plane": figures["z_gradient_corr"], "roughness": figures["z_roughness_ratio"],
-            "structure": figures["ngf_alignment"], "dice": dice(source_mask, output_mask)}
+    return {"through_plane": z_gradient_correlation(output, reference, mask),
+            "roughness": z_roughness_ratio(output, source, mask), "structure": ngf_alignment(output, source, mask),
+            "dice": dice(translation.source_mask, head_mask(translation.fake_unit))}
 
 
 def _png_unit(path: Path) -> torch.Tensor:
@@ -188,19 +189,11 @@ class PairedMetricsHandler:
         volumes = held_out_volume_pairs(self.dataset_dir, self.val_fraction, self.seed)
         # 2D pairs are the images a model trained on images reads; a volumes-trained model reads only HU volumes
         images = held_out_image_pairs(self.dataset_dir) if self.spec.layout == "images" else []
-        was_training = {k: getattr(g, "training", False) for k, g in self.generators.items()}
-        for g in self.generators.values():
-            if isinstance(g, torch.nn.Module):
-                g.eval()
-        try:
+        with eval_mode(*[g for g in self.generators.values() if isinstance(g, torch.nn.Module)]):
             results = {f"volume_{k}": v for k, v in evaluate_volume_pairs(
                 volumes, self.generators, self.spec, self.device).items()}
             results |= {f"slices_{k}": v for k, v in evaluate_image_pairs(
                 images, self.generators, self.spec, self.dataset_dir, self.dataset_card, self.device).items()}
-        finally:
-            for k, g in self.generators.items():
-                if isinstance(g, torch.nn.Module):
-                    g.train(was_training[k])
         return results
 
     def __call__(self, engine: Engine) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,16 +46,6 @@ class TranslationSaver:
                 if keep[i]:
                     save_png(unit_to_uint8(fake[i]), self.output_dir / direction / f"{names[i]}.png")
         self.count += n
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    """Write ``text`` atomically (the one atomic writer; kept for its argument order)."""
-    return atomic_write_text(path, text)
-
-
-def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON atomically."""
-    return atomic_write_json(path, data)
 
 
 def markdown_table(rows: list[Mapping[str, Any]], fields: tuple[str, ...]) -> str:
@@ -107,6 +96,6 @@ class ResultsWriter:
                     "params_m": round(count_parameters(self.generator) / 1e6, 3),
                     "n_test_ct": self.n_ct, "n_test_mri": self.n_mri,
                     "seconds": round(time.perf_counter() - self.start, 1), **self.extra}
-        write_json_atomic(self.row, self.output_dir / "results.json")
+        atomic_write_json(self.output_dir / "results.json", self.row)
         fields = TABLE_FIELDS + tuple(k for k in self.row if k not in TABLE_FIELDS)
-        write_text_atomic(markdown_table([self.row], fields), self.output_dir / "results.md")
+        atomic_write_text(self.output_dir / "results.md", markdown_table([self.row], fields))

@@ -73,7 +73,7 @@ class SampleGridHandler:
         with eval_mode(self.generator_ct2mri, self.generator_mri2ct):
             fake_mri, rec_ct = cycle(self.generator_ct2mri, self.generator_mri2ct, ct, k)
             fake_ct, rec_mri = cycle(self.generator_mri2ct, self.generator_ct2mri, mri, k)
-        ct, mri = centre_slice(ct, k), centre_slice(mri, k)
+        ct, mri = centre_slice(ct), centre_slice(mri)
         rows = [[ct[i], fake_mri[i], rec_ct[i]] for i in range(len(ct))]
         rows += [[mri[i], fake_ct[i], rec_mri[i]] for i in range(len(mri))]
         return image_grid(rows)

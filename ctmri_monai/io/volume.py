@@ -28,7 +28,7 @@ from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.paths import input_kind
 from ctmri_monai.io.sitk_reader import ImageShapeError, SimpleITKReader, check_voxel_limit
 
-__all__ = ["Volume", "load_volume"]
+__all__ = ["Volume", "load_volume", "read_error"]
 
 
 @dataclass
@@ -63,7 +63,8 @@ def _loader() -> LoadImage:
         plugin_log.setLevel(level)
 
 
-def _read_error(path: Path, exc: BaseException) -> InputError:
+def read_error(path: str | os.PathLike, exc: BaseException) -> InputError:
+    """A reader's failure as one `InputError` naming the file: ``cannot read image (Type: first line)``."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return InputError(path, f"cannot read image ({type(exc).__name__}: {msg[:300]})")
 
@@ -87,7 +88,7 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, max_voxe
             nimg = nib.load(str(path))
             header, nifti_affine = nimg.header, np.asarray(nimg.affine, dtype=np.float64)
         except Exception as exc:  # nibabel raises many types for broken headers
-            raise _read_error(path, exc) from exc
+            raise read_error(path, exc) from exc
         shape = tuple(int(v) for v in nimg.shape)
         check_voxel_limit(path, shape, max_voxels)
         while len(shape) > 3 and shape[-1] == 1:
@@ -105,7 +106,7 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, max_voxe
     except ImageShapeError as exc:
         raise InputError(path, str(exc)) from exc
     except Exception as exc:
-        raise _read_error(path, exc) from exc
+        raise read_error(path, exc) from exc
     image = _as_3d(path, image)
     if image.is_floating_point() and not bool(torch.isfinite(image).all()):
         raise InputError(path, "contains NaN or Inf values")

@@ -120,12 +120,6 @@ def load_feature_network(
     return _CACHE[key]
 
 
-def clear_feature_network_cache() -> None:
-    """Forget every cached feature network (frees their memory once no extractor holds them)."""
-    _CACHE.clear()
-    _FILE_DIGESTS.clear()
-
-
 def weights_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a weights file, computed once per (path, size, modification time) in this process."""
     file = Path(path).resolve()

@@ -417,8 +417,9 @@ def translation_metrics(
 
     Returns ``{"fid_ct2mri", "kid_ct2mri", "fid_mri2ct", "kid_mri2ct", "fid_mean"}`` (for the default
     directions): per direction one shared feature collector, FID and KID over it; ``fid_mean`` is a
-    ``MetricsLambda`` of the FIDs, the natural MONAI ``key_metric`` (lower is better: use
-    ``metric_cmp_fn=lower_is_better``, and ``key_metric_negative_sign=True`` in ``CheckpointSaver``).
+    ``MetricsLambda`` of the FIDs, the natural MONAI ``key_metric`` (lower is better: the CycleGAN evaluator's
+    default ``metric_cmp_fn`` is `ctmri_monai.engines.evaluator.lower_is_better`; and
+    ``key_metric_negative_sign=True`` in ``CheckpointSaver``).
     ``cache_dir``: folder of the on-disk cache of the real images' features, shared by every evaluation that
     names it (None: real features are kept in memory only, per metric object).
     """

@@ -2,7 +2,7 @@
 
 Inputs are 2D or 3D arrays (numpy or torch) of the same shape, computed in float64; the mask (same shape,
 boolean) selects the voxels that count (SynthRAD: the body/head mask). The mask itself is the caller's job
-(the convert package owns the QA head mask). For synthetic CT in HU SynthRAD clips both images to
+(the one head mask: `ctmri_monai.transforms.mask`). For synthetic CT in HU SynthRAD clips both images to
 [-1024, 3000] HU and uses ``data_range = 3000 - (-1024) = 4024`` for PSNR and SSIM: pass
 ``data_range=CT_DATA_RANGE`` (and ``clip=CT_HU_RANGE``). ``data_range=None`` uses max - min of the target
 inside the mask.

@@ -109,11 +109,13 @@ def check_contract(path: Any, image: torch.Tensor, spec: ModelSpec, domain: str)
     return warnings
 
 
-def check_framing(path: Any, framed: torch.Tensor, resized_size: tuple[int, int], spec: ModelSpec) -> list[str]:
+def check_framing(path: Any, framed: torch.Tensor, resized_size: tuple[int, int], spec: ModelSpec,
+                  mask: np.ndarray | None = None) -> list[str]:
     """After framing a volume to (1, S, S, D): refuse when the centre crop cut the head (the model's frame is too
-    small for it), warn when the head fills less than 5 % of the frame (tiny field of view)."""
+    small for it), warn when the head fills less than 5 % of the frame (tiny field of view). ``mask``: the frames'
+    head mask when the caller has it already."""
     s = spec.geometry.image_size
-    mask = head_mask(framed[0].detach().cpu().numpy())
+    mask = head_mask(framed[0].detach().cpu().numpy()) if mask is None else mask
     if not mask.any():
         raise ContractError(path, "no slice holds a head after the model's framing (all values at the background "
                                   "level): wrong modality or intensity range?")

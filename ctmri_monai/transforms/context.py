@@ -32,7 +32,7 @@ def slice_stacks(slices_first: torch.Tensor, context: int) -> torch.Tensor:
     return slices_first[picks]
 
 
-def centre_slice(stack: torch.Tensor, context: int) -> torch.Tensor:
+def centre_slice(stack: torch.Tensor) -> torch.Tensor:
     """(N, 1, S, S): the middle channel of (N, 2c + 1, S, S) stacks (the slice itself)."""
     mid = (int(stack.shape[1]) - 1) // 2
     return stack[:, mid:mid + 1]

@@ -20,7 +20,7 @@ from ctmri_monai.io.errors import ContractError, InputError
 from ctmri_monai.spec import ModelSpec
 
 __all__ = ["MRINormalize", "MRINormalized", "ct_from_unit", "ct_to_unit", "eight_bit_to_unit", "mri_range",
-           "mri_to_unit", "volume_intensity", "unit_from_eight_bit"]
+           "mri_to_unit", "require_ct_window", "unit_from_eight_bit", "volume_intensity"]
 
 
 def _float(x: Any) -> torch.Tensor:
@@ -102,16 +102,23 @@ class MRINormalized(MapTransform):
         return d
 
 
+def require_ct_window(spec: ModelSpec, origin: Any = "model") -> tuple[float, float]:
+    """The contract's CT window; a `ContractError` naming ``origin`` (the model) and the option that supplies it
+    when nobody declared it: no HU can be mapped as in training, in either direction."""
+    if spec.ct.window is None:
+        why = ("it was written before the data contract" if spec.version < 2 else
+               "it was trained on 8-bit CT images whose export window no dataset.json card declared")
+        raise ContractError(origin, f"the model's CT window is unknown ({why}), so it cannot map Hounsfield units "
+                                    "as in training; give the HU window its CT training images were exported with: "
+                                    "--ct-window LO HI (e.g. --ct-window -20 100 for level 40 / width 120)")
+    return spec.ct.window
+
+
 def volume_intensity(spec: ModelSpec, domain: str, keys: KeysCollection) -> MapTransform:
     """The contract's intensity mapping of a volume of ``domain`` (a `ModelSpec`): CT through its HU window,
     MRI by its foreground percentiles. A CT window nobody declared is a `ContractError`."""
     if domain == "ct":
-        if spec.ct.window is None:
-            raise ContractError("model_spec", "the model was trained on 8-bit CT images whose HU window is unknown, "
-                                "so HU volumes cannot be mapped as in training; give the export window (ctmri "
-                                "convert --ct-window LO HI, or a dataset.json card with ct.hu_window before "
-                                "training)")
-        lo, hi = spec.ct.window
+        lo, hi = require_ct_window(spec, "model_spec")
         return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)
     if domain == "mri":
         return MRINormalized(keys, spec.mri.percentiles)

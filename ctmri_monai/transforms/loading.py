@@ -16,7 +16,7 @@ from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform
 
 from ctmri_monai.io.errors import CtmriError, InputError
-from ctmri_monai.io.volume import load_volume
+from ctmri_monai.io.volume import load_volume, read_error
 
 __all__ = ["LoadVolumed", "SafeLoadImaged", "pil_to_gray"]
 
@@ -50,8 +50,7 @@ class SafeLoadImaged(LoadImaged):
         except CtmriError:
             raise
         except Exception as exc:  # noqa: BLE001 - any reader failure becomes a clear input error
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(", ".join(map(str, names)), f"cannot read image ({type(exc).__name__}: {detail})") from exc
+            raise read_error(", ".join(map(str, names)), exc) from exc
 
 
 class LoadVolumed(MapTransform):

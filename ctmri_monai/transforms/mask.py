@@ -16,7 +16,7 @@ import torch
 from monai.transforms import FillHoles
 from scipy import ndimage
 
-__all__ = ["HEAD_THRESHOLD", "head_mask", "head_mask_slice"]
+__all__ = ["HEAD_THRESHOLD", "head_mask", "head_mask_slice", "with_min_area"]
 
 #: Head / air threshold in the [-1, 1] network scale of both domains (CT -800 HU in a [-1000, 1000] window,
 #: just above the floor of a brain window; MRI 10 % of its normalised range).
@@ -42,6 +42,13 @@ def head_mask_slice(slice2d: Any, threshold: float = HEAD_THRESHOLD, min_area: i
     if int(mask.sum()) < min_area:
         mask[:] = False
     return mask
+
+
+def with_min_area(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """A (H, W, D) head mask with the slices whose head is smaller than ``min_area`` pixels emptied: what
+    `head_mask` with that ``min_area`` gives, from a mask already computed without it."""
+    small = mask.sum(axis=(0, 1)) < min_area
+    return np.where(small[None, None, :], False, mask)
 
 
 def head_mask(stack: Any, threshold: float = HEAD_THRESHOLD, min_area: int = 0) -> np.ndarray:
