@@ -32,7 +32,14 @@ from test_convert import Identity, head_hu, leftovers, save_nifti, write_ct_seri
 from ctmri_monai.convert import add_convert_arguments, convert_volume, main_convert, run_batch
 from ctmri_monai.data import build_unpaired_dataset, spec_for_dataset
 from ctmri_monai.handlers.checkpoint import ResumeHandler, latest_checkpoint
-from ctmri_monai.io import ContractError, InputError, VolumeTooLargeError, find_input_error, select_dicom_series
+from ctmri_monai.io import (
+    ContractError,
+    CtmriError,
+    InputError,
+    VolumeTooLargeError,
+    find_input_error,
+    select_dicom_series,
+)
 from ctmri_monai.io.checkpoint_file import CheckpointError, UnsafeCheckpointError, atomic_torch_save, load_checkpoint
 from ctmri_monai.metrics.factory import build_feature_extractor
 from ctmri_monai.metrics.features import FeatureNetworkNotFoundError, InceptionFeatures
@@ -150,6 +157,76 @@ def _transfer_syntax(uid: str, name: str) -> Callable[[Path], Path]:
     return build
 
 
+def _typed(folder: Path, name: str, data: np.ndarray) -> Path:
+    return save_nifti(folder / f"{name}.nii.gz", data, np.eye(4))
+
+
+def _rgb(shape: tuple[int, ...]) -> np.ndarray:
+    rgb = np.zeros(shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = (head_hu(shape) > 0) * 200
+    return rgb
+
+
+def _raw_nifti(path: Path, edit: Callable[[nib.Nifti1Header], None], data: np.ndarray | None = None) -> Path:
+    """An uncompressed NIfTI with qform and sform (code 1) of the identity, then ``edit`` applied to the header
+    and written as is (nibabel's own writer would repair a zero pixdim)."""
+    data = head_hu(GOOD_SHAPE) if data is None else data
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.set_qform(np.eye(4), 1)
+    img.set_sform(np.eye(4), 1)
+    header = img.header.copy()
+    header.set_data_offset(352)
+    edit(header)
+    with open(path, "wb") as f:
+        header.write_to(f)
+        f.write(b"\0" * 4 + np.asarray(data).tobytes(order="F"))
+    return path
+
+
+def _pixdim_zero(header: nib.Nifti1Header) -> None:
+    header["pixdim"][1:4] = 0.0
+
+
+def _bad_quaternion(header: nib.Nifti1Header) -> None:
+    header["quatern_b"], header["quatern_c"] = 0.9, 0.9
+
+
+def _singular_sform(header: nib.Nifti1Header) -> None:
+    header["srow_x"] = header["srow_y"] = [1.0, 1.0, 0.0, 0.0]  # the first two axes point the same way
+
+
+def _sform_scaled(factor: float) -> Callable[[nib.Nifti1Header], None]:
+    def edit(header: nib.Nifti1Header) -> None:
+        header.set_sform(np.diag([factor, factor, factor, 1.0]), 1)
+
+    return edit
+
+
+def _dicom_edit(folder: Path, name: str, keyword: str, value: object) -> Path:
+    """A CT series with ``keyword`` set to ``value`` (None: removed) in every slice."""
+    series = folder / name
+    write_ct_series(series, head_hu(GOOD_SHAPE))
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+        ds.save_as(f, enforce_file_format=True)
+    return series
+
+
+def _mha(path: Path, direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1)) -> Path:
+    """A MetaImage of the test head (written by SimpleITK, then its TransformMatrix line replaced)."""
+    hu = head_hu(GOOD_SHAPE).transpose(2, 1, 0)
+    image = sitk.GetImageFromArray(hu)
+    sitk.WriteImage(image, str(path))
+    text = path.read_bytes().replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1",
+                                     b"TransformMatrix = " + " ".join(f"{v:g}" for v in direction).encode())
+    path.write_bytes(text)
+    return path
+
+
 #: case -> (builder of the bad input in a folder, what the error must say). The path is checked as well.
 CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "empty_file": (_empty, r"empty"),
@@ -172,6 +249,25 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "dicom_undecodable_jpeg2000": (_transfer_syntax("1.2.840.10008.1.2.4.90", "ts_j2k"),
                                    r"pixel data of img\d+\.dcm cannot be decoded \(transfer syntax "
                                    r"1\.2\.840\.10008\.1\.2\.4\.90 \(JPEG 2000"),
+    # issue 18: what the contract cannot describe (builders in the "preconditions" section below)
+    "complex_values": (lambda f: _typed(f, "complex", head_hu(GOOD_SHAPE).astype(np.complex64)), r"complex values"),
+    "rgb_values": (lambda f: _typed(f, "rgb", _rgb(GOOD_SHAPE)), r"structured values .*RGB"),
+    "qform_zero_pixdim_sform_fine": (lambda f: _raw_nifti(f / "q0.nii", _pixdim_zero),
+                                     r"qform \(code 1\) is degenerate: voxel size pixdim \[0\.0, 0\.0, 0\.0\]"),
+    "qform_not_a_rotation_sform_fine": (lambda f: _raw_nifti(f / "q1.nii", _bad_quaternion),
+                                        r"qform \(code 1\) is degenerate: quaternion"),
+    "sform_singular_qform_fine": (lambda f: _raw_nifti(f / "s0.nii", _singular_sform),
+                                  r"sform \(code 1\) is degenerate: a singular direction matrix"),
+    "qform_sform_disagree_on_pixel_size": (lambda f: _raw_nifti(f / "qs.nii", _sform_scaled(2.0)),
+                                           r"qform and sform disagree: voxel sizes 1 x 1 x 1 vs 2 x 2 x 2 mm"),
+    "field_of_view_5mm": (lambda f: save_nifti(f / "fov5.nii.gz", head_hu(GOOD_SHAPE), np.diag([0.25] * 3 + [1])),
+                          r"field of view is 5 x 4\.5 mm: it cannot hold a head"),
+    "dicom_orientation_not_unit": (lambda f: _dicom_edit(f, "iop", "ImageOrientationPatient", [1, 0, 0, 0, 2, 0]),
+                                   r"ImageOrientationPatient .* is not two unit, orthogonal"),
+    "dicom_no_pixel_spacing": (lambda f: _dicom_edit(f, "nospacing", "PixelSpacing", None),
+                               r"PixelSpacing missing is not two positive numbers"),
+    "mha_sheared_direction": (lambda f: _mha(f / "shear.mha", direction=(1, 0, 0, 0.5, 1, 0, 0, 0, 1)),
+                              r"direction .* is not a rotation"),
 }
 
 
@@ -199,7 +295,7 @@ def test_conversion_refuses_bad_input_and_the_batch_goes_on(tmp_path: Path, case
     good = save_nifti(data / "good.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
     bad = build(data)
 
-    with pytest.raises(InputError) as err:
+    with pytest.raises(CtmriError) as err:  # InputError (broken) or ContractError (the contract cannot describe it)
         convert_volume(bad, tmp_path / "direct.nii.gz", Identity(), make_spec(S), qa_dir=tmp_path / "qa")
     assert str(err.value).startswith(f"{bad}: ") and re.search(problem, str(err.value)), str(err.value)
     assert not (tmp_path / "direct.nii.gz").exists() and not (tmp_path / "qa").exists()
@@ -219,7 +315,8 @@ def test_conversion_refuses_bad_input_and_the_batch_goes_on(tmp_path: Path, case
     assert leftovers(out) == []
 
 
-TRAINING_CASES = [c for c in CASES if c != "constant_air"]  # all air: covered by test_data (no foreground)
+# all air: covered by test_data (no foreground); training folders hold NIfTI files and DICOM folders, no .mha
+TRAINING_CASES = [c for c in CASES if c != "constant_air" and not c.startswith("mha_")]
 
 
 @pytest.mark.parametrize("case", TRAINING_CASES)
@@ -234,7 +331,7 @@ def test_training_data_refuses_bad_volume(tmp_path: Path, case: str) -> None:
     with pytest.raises(Exception) as info:  # noqa: B017 - MONAI may wrap it: the InputError is checked
         build_unpaired_dataset(root, make_spec(S), "train", val_fraction=0.0)
     err = find_input_error(info.value)
-    assert isinstance(err, InputError), repr(info.value)
+    assert isinstance(err, CtmriError), repr(info.value)
     assert str(err).startswith(f"{bad}: ") and re.search(problem, str(err)), str(err)
 
 

@@ -108,7 +108,7 @@ def convert_volume(
         volume = load_volume(input_path, series_uid=series_uid, max_voxels=max_voxels)
     if dicom_output_dir is not None and volume.kind != "dicom":
         raise InputError(input_path, "DICOM output needs a DICOM series input")
-    warnings = check_contract(input_path, volume.image, spec, source)
+    warnings = volume.warnings + check_contract(input_path, volume.image, spec, source)
     t = lap("load", t_start)
 
     translation = translate_volume(input_path, volume.image, generator, spec, source, target, batch_size=batch_size,

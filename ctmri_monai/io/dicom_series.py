@@ -17,6 +17,7 @@ import pydicom
 import SimpleITK as sitk
 
 from ctmri_monai.io.errors import InputError
+from ctmri_monai.io.preconditions import check_dicom_geometry
 
 __all__ = ["READABLE_TRANSFER_SYNTAXES", "DicomSeries", "scan_dicom_folder", "select_dicom_series",
            "transfer_syntax", "undecodable_slice"]
@@ -125,6 +126,7 @@ def _check_series(folder: Path, s: DicomSeries) -> None:
     iops = np.asarray([[float(v) for v in h.ImageOrientationPatient] for h in headers])
     if np.abs(iops - iops[0]).max() > 1e-4:
         raise InputError(folder, f"mixed series {s.uid}: slices with different orientations")
+    check_dicom_geometry(folder, s.uid, headers)
     if len(headers) < 2:
         return
     normal = _slice_normal(headers[0])

@@ -18,6 +18,7 @@ from monai.utils import MetaKeys, SpaceKeys
 from ctmri_monai.io.dicom_series import DicomSeries, select_dicom_series, undecodable_slice
 from ctmri_monai.io.errors import VolumeTooLargeError
 from ctmri_monai.io.paths import ITK_SUFFIXES, path_suffix
+from ctmri_monai.io.preconditions import check_itk_geometry, check_value_type
 
 __all__ = ["ImageShapeError", "SimpleITKReader", "check_voxel_limit", "itk_header_shape", "sitk_affine_ras"]
 
@@ -105,7 +106,11 @@ class SimpleITKReader(ImageReader):
                     raise
                 raise found from exc
         check_voxel_limit(path, itk_header_shape(path), self.max_voxels)
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
+        if image.GetNumberOfComponentsPerPixel() == 1:  # vectors (complex .mha too): refused by get_data
+            check_value_type(path, sitk.GetArrayViewFromImage(image).dtype)
+        check_itk_geometry(path, image.GetSpacing(), image.GetDirection())
+        return image
 
     def get_data(self, img: sitk.Image) -> tuple[np.ndarray, dict]:
         if img.GetNumberOfComponentsPerPixel() != 1:

@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from monai.transforms import EnsureChannelFirst, LoadImage
 from monai.utils import MetaKeys
 
 from ctmri_monai.io.dicom_series import DicomSeries
-from ctmri_monai.io.errors import InputError
+from ctmri_monai.io.errors import CtmriError, InputError
 from ctmri_monai.io.paths import input_kind
+from ctmri_monai.io.preconditions import check_nifti_header, geometry_warnings
 from ctmri_monai.io.sitk_reader import ImageShapeError, SimpleITKReader, check_voxel_limit
 
 __all__ = ["Volume", "load_volume", "read_error"]
@@ -33,7 +34,8 @@ __all__ = ["Volume", "load_volume", "read_error"]
 
 @dataclass
 class Volume:
-    """A loaded input: ``image`` (1, X, Y, Z) float32 MetaTensor, its RAS ``affine``, where it came from."""
+    """A loaded input: ``image`` (1, X, Y, Z) float32 MetaTensor, its RAS ``affine``, where it came from, and
+    ``warnings`` about what is unusual in it (`ctmri_monai.io.preconditions`)."""
 
     path: Path
     kind: str
@@ -42,6 +44,7 @@ class Volume:
     nifti_header: Any = None
     series: DicomSeries | None = None
     shape: tuple[int, ...] = ()
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.shape and self.image is not None:
@@ -73,7 +76,8 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, max_voxe
     """Load one 3D volume as a (1, X, Y, Z) float32 MetaTensor in RAS world coordinates.
 
     Raises InputError naming the file for: missing/empty files, unreadable or truncated data,
-    2D or 4D images, non-finite values, empty or mixed DICOM series, unsupported DICOM transfer syntaxes,
+    2D or 4D images, non-finite values, a value type or geometry the contract cannot describe
+    (`ctmri_monai.io.preconditions`; ContractError), empty or mixed DICOM series, unsupported DICOM transfer syntaxes,
     and (`VolumeTooLargeError`) volumes over ``max_voxels``, checked from the header before the pixel data
     is read.
     """
@@ -81,14 +85,16 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, max_voxe
     kind = input_kind(path)
     if kind != "dicom" and path.stat().st_size == 0:
         raise InputError(path, "empty file (0 bytes)")
-    header, nifti_affine = None, None
+    header, nifti_affine, warnings_found = None, None, []
     reader: ImageReader
     if kind == "nifti":
         try:
             nimg = nib.load(str(path))
-            header, nifti_affine = nimg.header, np.asarray(nimg.affine, dtype=np.float64)
         except Exception as exc:  # nibabel raises many types for broken headers
             raise read_error(path, exc) from exc
+        header = nimg.header
+        warnings_found = check_nifti_header(path, _raw_header(path, nimg))  # as written, before nibabel patches it
+        nifti_affine = np.asarray(nimg.affine, dtype=np.float64)
         shape = tuple(int(v) for v in nimg.shape)
         check_voxel_limit(path, shape, max_voxels)
         while len(shape) > 3 and shape[-1] == 1:
@@ -101,7 +107,7 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, max_voxe
     try:
         # the reader is given at call time: LoadImage then lets its errors through unchanged
         image = _loader()(str(path), reader=reader)
-    except InputError:
+    except CtmriError:
         raise
     except ImageShapeError as exc:
         raise InputError(path, str(exc)) from exc
@@ -114,7 +120,19 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, max_voxe
     image = EnsureChannelFirst(channel_dim="no_channel")(image)
     affine = nifti_affine if nifti_affine is not None else np.asarray(image.meta[MetaKeys.AFFINE], np.float64)
     series = reader.series if isinstance(reader, SimpleITKReader) else None
-    return Volume(path=path, kind=kind, image=image, affine=affine, nifti_header=header, series=series)
+    return Volume(path=path, kind=kind, image=image, affine=affine, nifti_header=header, series=series,
+                  warnings=warnings_found + geometry_warnings(affine))
+
+
+def _raw_header(path: Path, nimg: Any) -> Any:
+    """The image's header as the file holds it: nibabel's loaded header has problems fixed silently (a zero pixdim
+    becomes 1), which would hide a degenerate qform from the preconditions."""
+    try:
+        holder = nimg.file_map.get("header") or nimg.file_map["image"]  # .hdr/.img pairs, or one file
+        with holder.get_prepare_fileobj("rb") as f:
+            return type(nimg.header).from_fileobj(f, check=False)
+    except Exception as exc:  # noqa: BLE001 - nib.load read it a moment ago
+        raise read_error(path, exc) from exc
 
 
 def _four_d_problem(shape: tuple[int, ...]) -> str:

@@ -4,6 +4,7 @@ comes back as warnings."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -15,10 +16,13 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform
 
 from ctmri_monai.io.errors import ContractError, InputError
+from ctmri_monai.io.preconditions import check_extent, check_slice_count
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.mask import head_mask
 
-__all__ = ["CheckImaged", "check_contract", "check_framing"]
+__all__ = ["CheckContractd", "CheckImaged", "check_contract", "check_framing"]
+
+logger = logging.getLogger(__name__)
 
 #: A CT in Hounsfield units holds air (below -200 HU; an 8-bit export or a missing rescale starts at 0); values
 #: beyond the plausible range mean a wrong rescale.
@@ -83,17 +87,23 @@ def check_contract(path: Any, image: torch.Tensor, spec: ModelSpec, domain: str)
     """Check a loaded (1, X, Y, Z) volume of ``domain`` against what ``spec`` relies on; returns warnings.
 
     Raises `InputError` for a constant volume, and `ContractError` when the contract cannot describe it: CT values
-    that are not Hounsfield units (no air: an 8-bit export or a missing rescale), an "MRI" holding HU air, or an
-    in-plane pixel size that is not a positive number.
+    that are not Hounsfield units (no air: an 8-bit export or a missing rescale), an "MRI" holding HU air, an
+    in-plane pixel size that is not a positive number, a field of view that cannot hold a head, fewer axial slices
+    than the model reads (`ctmri_monai.io.preconditions`; the readers checked value type and geometry).
     """
     lo, hi = float(image.min()), float(image.max())
     if lo == hi:
         raise InputError(path, f"constant image (every voxel is {lo:g}): no anatomy to convert (blank or missing "
                                "pixel data?)")
-    spacing = np.asarray(affine_to_spacing(image.affine, r=3), np.float64) if isinstance(image, MetaTensor) else None
-    if spacing is not None and not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
-        raise ContractError(path, f"voxel spacing {spacing.tolist()} is not positive and finite: the model's "
-                                  f"framing ({spec.geometry.describe()}) needs the pixel size in mm")
+    if isinstance(image, MetaTensor):
+        affine = np.asarray(image.affine, np.float64)
+        spacing = np.asarray(affine_to_spacing(affine, r=3), np.float64)
+        if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+            raise ContractError(path, f"voxel spacing {spacing.tolist()} is not positive and finite: the model's "
+                                      f"framing ({spec.geometry.describe()}) needs the pixel size in mm")
+        geometry, shape = spec.geometry, tuple(int(v) for v in image.shape[1:])
+        check_extent(path, affine, shape, geometry.image_size * geometry.pixdim[0] if geometry.pixdim else None)
+        check_slice_count(path, affine, shape, geometry.context_slices)
     warnings: list[str] = []
     if domain == "ct":
         if lo > CT_AIR_BELOW:
@@ -107,6 +117,21 @@ def check_contract(path: Any, image: torch.Tensor, spec: ModelSpec, domain: str)
         raise ContractError(path, f"MRI values reach {lo:.4g}: far below zero, like air in a CT in Hounsfield units; "
                                   "is this a CT? (convert it with --direction ct2mri)")
     return warnings
+
+
+class CheckContractd(MapTransform):
+    """`check_contract` of a loaded volume of ``domain`` in a pipeline (training data); warnings are logged."""
+
+    def __init__(self, keys: KeysCollection, spec: ModelSpec, domain: str, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spec, self.domain = spec, domain
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            for warning in check_contract(_source_name(d[key]), d[key], self.spec, self.domain):
+                logger.warning("%s: %s", _source_name(d[key]), warning)
+        return d
 
 
 def check_framing(path: Any, framed: torch.Tensor, resized_size: tuple[int, int], spec: ModelSpec,

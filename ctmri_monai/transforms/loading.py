@@ -16,6 +16,7 @@ from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform
 
 from ctmri_monai.io.errors import CtmriError, InputError
+from ctmri_monai.io.preconditions import pil_image_problem
 from ctmri_monai.io.volume import load_volume, read_error
 
 __all__ = ["LoadVolumed", "SafeLoadImaged", "pil_to_gray"]
@@ -23,7 +24,10 @@ __all__ = ["LoadVolumed", "SafeLoadImaged", "pil_to_gray"]
 
 def pil_to_gray(image: Any) -> Any:
     """PIL converter for ``PILReader``: any mode -> 8-bit "L"; 16-bit and float images are scaled by their range
-    (PIL's own ``convert("L")`` would clip them)."""
+    (PIL's own ``convert("L")`` would clip them). Several frames or a mode without gray: `InputError`."""
+    problem = pil_image_problem(image)
+    if problem:
+        raise InputError(getattr(image, "filename", None) or "<2D image>", problem)
     mode = image.mode
     if mode.startswith("I") or mode == "F":
         from PIL import Image
