@@ -175,11 +175,11 @@ def _raw_nifti(path: Path, edit: Callable[[nib.Nifti1Header], None], data: np.nd
     img.set_qform(np.eye(4), 1)
     img.set_sform(np.eye(4), 1)
     header = img.header.copy()
-    header.set_data_offset(352)
+    header["vox_offset"] = 352
     edit(header)
     with open(path, "wb") as f:
-        header.write_to(f)
-        f.write(b"\0" * 4 + np.asarray(data).tobytes(order="F"))
+        header.write_to(f)  # 348 bytes and the 4-byte extension flag
+        f.write(np.asarray(data).tobytes(order="F"))
     return path
 
 
@@ -418,6 +418,161 @@ def test_volume_over_max_voxels_fails_alone_in_a_batch(tmp_path: Path, kind: str
     args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
         ["--direction", "ct2mri", "--checkpoint", "g.pt", "--output-dir", "o", "--max-voxels", "1000", "x"])
     assert args.max_voxels == 1000
+
+
+# ------------------------------------------------------------------------------- preconditions (issue 18)
+
+
+def test_ctmri_convert_refuses_the_three_silent_failures_and_converts_a_normal_input(tmp_path: Path) -> None:
+    """The three kinds the issue found converting with exit 0 (complex values, a degenerate qform beside a fine
+    sform, a 5 mm field of view) now fail with their named problem and no output; a normal input (the negative
+    control) converts with exit 0 through the same command."""
+    from conftest import write_tiny_checkpoint
+
+    from ctmri_monai.apps.cli import main as ctmri
+
+    ckpt = write_tiny_checkpoint(tmp_path / "m.pt")  # 32 px at 6 mm: a 192 mm frame
+    hu = head_hu((32, 32, 6))
+    head = np.diag([6.0, 6.0, 8.0, 1.0])
+    inputs = {
+        "complex": (save_nifti(tmp_path / "complex.nii.gz", hu.astype(np.complex64), head), "complex values"),
+        "qform": (_raw_nifti(tmp_path / "qform.nii", _pixdim_zero, hu), "qform (code 1) is degenerate"),
+        "fov": (save_nifti(tmp_path / "fov.nii.gz", hu, np.diag([5 / 32, 5 / 32, 0.2, 1.0])), "cannot hold a head"),
+        "good": (save_nifti(tmp_path / "good.nii.gz", hu, head), None),
+    }
+    for name, (path, problem) in inputs.items():
+        out = tmp_path / f"out_{name}"
+        status = ctmri(["convert", "--direction", "ct2mri", "--checkpoint", str(ckpt), "--output-dir", str(out),
+                        "--device", "cpu", "--no-progress", str(path)])
+        record = _records(out)[path.name]
+        if problem is None:
+            assert status == 0 and record["status"] in ("ok", "flagged"), record
+            assert (out / f"{name}_ct2mri.nii.gz").is_file()
+        else:
+            assert status == 1 and record["status"] == "failed" and problem in record["error"], record
+            assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+def _convert_ct(src: Path, tmp_path: Path, spec: ModelSpec | None = None,
+                generator: torch.nn.Module | None = None) -> tuple[np.ndarray, list[str]]:
+    out = tmp_path / f"{src.name.split('.')[0]}_out.nii.gz"
+    result = convert_volume(src, out, generator or Identity(), spec or make_spec(S), "ct", "ct")
+    return np.asarray(nib.load(out).dataobj), result["warnings"]
+
+
+def test_a_single_slice_converts_for_a_2d_model_and_is_refused_by_a_model_with_context(tmp_path: Path) -> None:
+    """(X, Y, 1): one axial slice is all a 2D model reads, so it converts (exact HU through the identity); a model
+    reading 3 neighbouring slices would see three copies of it, which it never saw: refused."""
+    hu = head_hu((20, 18, 1))
+    src = save_nifti(tmp_path / "one.nii.gz", hu, np.eye(4))
+    data, _ = _convert_ct(src, tmp_path)
+    assert data.shape == (20, 18, 1) and np.abs(data.astype(np.int32) - hu).max() <= 1
+    context = ModelSpec(network=NetworkSpec(ngf=4, n_blocks=1, in_channels=3),
+                        geometry=SliceGeometry(image_size=S, pixdim=(1.0, 1.0), context_slices=1))
+    with pytest.raises(ContractError, match=r"1 axial slice\(s\), but the model reads 3 neighbouring slices"):
+        _convert_ct(src, tmp_path, context)
+    src3 = save_nifti(tmp_path / "three.nii.gz", head_hu((20, 18, 3)), np.eye(4))  # negative control: enough
+    assert _convert_ct(src3, tmp_path, context, generator=_Middle())[0].shape == (20, 18, 3)
+
+
+class _Middle(torch.nn.Module):
+    """The middle slice of a context stack."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, x.shape[1] // 2:x.shape[1] // 2 + 1]
+
+
+class _Ramp(torch.nn.Module):
+    """Adds a ramp along the frame's rows and columns: a generator that is not symmetric, so that a wrong
+    orientation would show."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.linspace(-0.3, 0.3, x.shape[-2])[:, None]
+        cols = torch.linspace(0.0, 0.2, x.shape[-1])[None, :]
+        return (x + rows + cols).clamp(-1, 1)
+
+
+def test_ras_and_lps_storage_of_one_head_convert_to_the_same_world_values(tmp_path: Path) -> None:
+    """The same anatomy stored RAS and LPS (arrays flipped, affine flipped to match) gives the same output at each
+    world position, with a generator that is not mirror-symmetric; negative control: a wrong LPS affine (the
+    array flipped, the affine not) gives a different output."""
+    hu = head_hu((24, 20, 4), seed=5)
+    ras = np.diag([1.0, 1.0, 2.0, 1.0])
+    lps = ras @ np.array([[-1, 0, 0, 23], [0, -1, 0, 19], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    out_ras, _ = _convert_ct(save_nifti(tmp_path / "ras.nii.gz", hu, ras), tmp_path, generator=_Ramp())
+    out_lps, _ = _convert_ct(save_nifti(tmp_path / "lps.nii.gz", hu[::-1, ::-1].copy(), lps), tmp_path,
+                             generator=_Ramp())
+    assert np.abs(out_lps[::-1, ::-1].astype(np.int32) - out_ras).max() <= 1
+    wrong, _ = _convert_ct(save_nifti(tmp_path / "wrong.nii.gz", hu[::-1, ::-1].copy(), ras), tmp_path,
+                           generator=_Ramp())
+    assert np.abs(wrong[::-1, ::-1].astype(np.int32) - out_ras).max() > 50
+
+
+def test_oblique_acquisition_converts_with_a_warning_above_15_degrees(tmp_path: Path) -> None:
+    """Tilted slices (MRI planned on the AC-PC line, CT gantry tilt resampled) convert on their own grid; beyond
+    15 degrees the result says the model saw axial slices. 5 degrees: no warning (negative control)."""
+    from test_convert import make_affine, rotation
+
+    hu = head_hu(GOOD_SHAPE)
+    for degrees, warned in ((30, True), (5, False)):
+        affine = make_affine(rotation(np.radians(degrees), 0, 0), (1.0, 1.0, 2.0))
+        data, warnings = _convert_ct(save_nifti(tmp_path / f"tilt{degrees}.nii.gz", hu, affine), tmp_path)
+        assert np.abs(data.astype(np.int32) - hu).max() <= 1
+        assert any(f"{degrees} degrees from superior-inferior" in w for w in warnings) == warned, warnings
+
+
+def test_integer_nifti_with_rescale_slope_and_intercept_converts_in_hu(tmp_path: Path) -> None:
+    """uint16 stored values with scl_slope 0.5 / scl_inter -1024 (as some converters write CT): the reader applies
+    them, so the model sees HU; without them the same values would be refused as "not Hounsfield units"."""
+    hu = head_hu(GOOD_SHAPE)
+    stored = ((hu.astype(np.int32) + 1024) * 2).astype(np.uint16)
+    img = nib.Nifti1Image(stored, np.eye(4))
+    img.header.set_slope_inter(0.5, -1024.0)
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    data, _ = _convert_ct(tmp_path / "scaled.nii.gz", tmp_path)
+    assert np.abs(data.astype(np.int32) - hu).max() <= 1
+    with pytest.raises(ContractError, match="not Hounsfield units"):
+        _convert_ct(save_nifti(tmp_path / "raw.nii.gz", stored, np.eye(4)), tmp_path)
+
+
+@pytest.mark.parametrize("case", ["shifted", "no_description"])
+def test_nifti_geometry_that_is_only_unusual_converts_with_a_warning(tmp_path: Path, case: str) -> None:
+    """qform and sform agreeing on voxel size and axes but 3 mm apart: the sform is used (as nibabel and the
+    output header do), with a warning. Neither qform nor sform: pixdim only, with a warning."""
+    def edit(header: nib.Nifti1Header) -> None:
+        if case == "shifted":
+            shifted = np.eye(4)
+            shifted[0, 3] = 3.0
+            header.set_sform(shifted, 1)
+        else:
+            header["qform_code"] = header["sform_code"] = 0
+
+    data, warnings = _convert_ct(_raw_nifti(tmp_path / f"{case}.nii", edit), tmp_path)
+    assert np.abs(data.astype(np.int32) - head_hu(GOOD_SHAPE)).max() <= 1
+    expected = "differ by 3 mm and 0 degrees: the sform is used" if case == "shifted" else "neither qform nor sform"
+    assert any(expected in w for w in warnings), warnings
+    _, clean = _convert_ct(_raw_nifti(tmp_path / "clean.nii", lambda h: None), tmp_path)  # negative control
+    assert clean == []
+
+
+def test_training_refuses_a_multi_frame_image_and_keeps_a_single_frame_one(tmp_path: Path) -> None:
+    """A multi-page TIFF in a 2D training folder: PIL would read its first frame only, silently; refused."""
+    from PIL import Image
+
+    for sub in ("trainA", "trainB"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / sub / "one.png")
+    spec = spec_for_dataset(tmp_path, image_size=S)
+    item = build_unpaired_dataset(tmp_path, spec, "train", val_fraction=0.0, training=False)[0]  # negative control
+    assert item["ct"].shape == (1, S, S)
+    pages = [Image.fromarray(np.full((40, 40), v, np.uint8)) for v in (10, 200)]
+    pages[0].save(tmp_path / "trainA" / "pages.tif", save_all=True, append_images=pages[1:])
+    dataset = build_unpaired_dataset(tmp_path, spec, "train", val_fraction=0.0, training=False)
+    with pytest.raises(Exception) as info:  # noqa: B017 - MONAI wraps it: the InputError is checked
+        [dataset[i] for i in range(len(dataset))]
+    err = find_input_error(info.value)
+    assert isinstance(err, InputError) and str(err).startswith(str(tmp_path / "trainA" / "pages.tif")), repr(err)
+    assert "2 frames" in str(err)
 
 
 # ------------------------------------------------------------------------------------------- value ranges

@@ -18,9 +18,13 @@ from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
 from ctmri_monai.io.atomic import remove_stale_temporaries
 from ctmri_monai.io.checkpoint_file import CheckpointError, UnsafeCheckpointError, atomic_torch_save, load_checkpoint
+from ctmri_monai.io.errors import ContractError
 from ctmri_monai.spec import ModelSpec
 
-__all__ = ["AtomicDiskSaver", "CheckpointSaver", "ResumeHandler", "latest_checkpoint"]
+__all__ = ["AtomicDiskSaver", "CheckpointSaver", "ResumeHandler", "contract_differences", "latest_checkpoint"]
+
+#: Contract fields that do not change what the generator sees: bookkeeping only.
+_NOT_SEEN = {"notes", "version", "mri.declared"}
 
 logger = logging.getLogger(__name__)
 
@@ -136,20 +140,58 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     return None if best is None else best[2]
 
 
+def _flat(state: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(state, dict):
+        return {k: v for key, value in state.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: list(state) if isinstance(state, tuple) else state}
+
+
+def contract_differences(recorded: Any, current: ModelSpec) -> dict[str, tuple[Any, Any]]:
+    """{field: (checkpoint's value, configuration's value)} for every contract field that changes what the
+    generator sees (intensity, geometry, layout, network); ``recorded``: a checkpoint's ``model_spec`` state."""
+    old, new = _flat(ModelSpec.from_state(recorded).state_dict()), _flat(current.state_dict())
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if k not in _NOT_SEEN and old.get(k) != new.get(k)}
+
+
 class ResumeHandler:
     """Resume from the newest complete checkpoint in ``checkpoint_dir`` when ``enabled`` (MONAI CheckpointLoader).
 
     A run killed at any moment is resumed by running the same command again; with no checkpoint it starts fresh.
+    The transforms were built from the configuration's contract (``load_dict["model_spec"]``), so a checkpoint
+    whose contract differs in anything the generator sees is refused (`ContractError` naming each field and both
+    values), unless ``contract_override``: then the weights are resumed, the configuration's contract is kept (and
+    recorded by the following checkpoints), and the change is logged as a warning.
     """
 
     def __init__(self, checkpoint_dir: str, load_dict: dict, enabled: bool = True,
-                 map_location: str | torch.device | None = None) -> None:
+                 map_location: str | torch.device | None = None, contract_override: bool = False) -> None:
         self.checkpoint_dir, self.load_dict, self.enabled = checkpoint_dir, load_dict, enabled
-        self.map_location = map_location
+        self.map_location, self.contract_override = map_location, bool(contract_override)
         self.loaded_from: Path | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
+
+    def _objects_to_load(self, path: Path) -> dict:
+        """``load_dict``, without the contract when the checkpoint's differs and the override says so."""
+        current = self.load_dict.get("model_spec")
+        if not isinstance(current, ModelSpec):
+            return self.load_dict
+        changed = contract_differences(load_checkpoint(path).get("model_spec"), current)
+        if not changed:
+            return self.load_dict
+        listing = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} in the configuration"
+                            for k, (old, new) in changed.items())
+        if not self.contract_override:
+            raise ContractError(path, f"cannot resume: the configuration's data contract differs from the one this "
+                                      f"checkpoint was trained on ({listing}). Resume with the checkpoint's settings, "
+                                      "start over in a new output_dir, or pass --resume_contract_override true to "
+                                      "go on from these weights with the configuration's contract (logged)")
+        logger.warning("resume_contract_override: resuming %s with the configuration's contract, which differs (%s); "
+                       "the following checkpoints record the configuration's", path, listing)
+        current.notes.append(f"resumed from {path.name} with a changed contract ({listing})")
+        return {k: v for k, v in self.load_dict.items() if k != "model_spec"}
 
     def __call__(self, engine: Engine) -> None:
         if not self.enabled:
@@ -157,8 +199,9 @@ class ResumeHandler:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return
+        objects = self._objects_to_load(path)
         try:
-            CheckpointLoader(str(path), self.load_dict, map_location=self.map_location)(engine)
+            CheckpointLoader(str(path), objects, map_location=self.map_location)(engine)
         except (RuntimeError, KeyError, ValueError) as err:
             trained = ModelSpec.from_state(load_checkpoint(path).get("model_spec")).describe_network()
             raise CheckpointError(

@@ -24,10 +24,7 @@ __all__ = ["LoadVolumed", "SafeLoadImaged", "pil_to_gray"]
 
 def pil_to_gray(image: Any) -> Any:
     """PIL converter for ``PILReader``: any mode -> 8-bit "L"; 16-bit and float images are scaled by their range
-    (PIL's own ``convert("L")`` would clip them). Several frames or a mode without gray: `InputError`."""
-    problem = pil_image_problem(image)
-    if problem:
-        raise InputError(getattr(image, "filename", None) or "<2D image>", problem)
+    (PIL's own ``convert("L")`` would clip them)."""
     mode = image.mode
     if mode.startswith("I") or mode == "F":
         from PIL import Image
@@ -38,8 +35,23 @@ def pil_to_gray(image: Any) -> Any:
     return image if mode == "L" else image.convert("L")
 
 
+def _check_pil_image(path: Path) -> None:
+    """The preconditions of a 2D image file, from its header (`pil_image_problem`); a file PIL cannot open is
+    left to the reader, which names the problem."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            problem = pil_image_problem(image)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return
+    if problem:
+        raise InputError(path, problem)
+
+
 class SafeLoadImaged(LoadImaged):
-    """``LoadImaged`` for 2D image files that turns any reading failure into one `InputError` naming the file."""
+    """``LoadImaged`` for 2D image files that turns any reading failure into one `InputError` naming the file;
+    several frames or a mode without gray are refused first (`ctmri_monai.io.preconditions`)."""
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         names = [data[k] for k in self.key_iterator(dict(data))]
@@ -49,6 +61,7 @@ class SafeLoadImaged(LoadImaged):
                 raise InputError(name, "file not found")
             if path.is_file() and path.stat().st_size == 0:
                 raise InputError(name, "file is empty")
+            _check_pil_image(path)
         try:
             return super().__call__(data, reader)
         except CtmriError:
