@@ -1,11 +1,16 @@
 """Dataset folders: the two layouts, listing their files, and the seeded train / validation split.
 
 * "images": ``trainA`` (CT) / ``trainB`` (MRI), optionally ``testA`` / ``testB``, of 2D image files.
-* "volumes": ``volumes/ct`` and ``volumes/mri`` of NIfTI files or DICOM series folders.
+* "volumes": ``volumes/ct`` and ``volumes/mri`` of NIfTI files or DICOM series folders. When the folder holds a
+  phantom manifest (``phantoms.json``), its ``test_subjects`` are the "test" split and never train or validate.
+
+`split_files` is the one function that decides which files train, validate and test; the paired evaluation takes
+its held-out volumes from it too (``handlers.paired.held_out_volume_pairs``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,14 +21,32 @@ import numpy as np
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.paths import IMAGE_SUFFIXES
 
-__all__ = ["IMAGE_FOLDERS", "VOLUME_FOLDERS", "VOLUME_SUFFIXES", "detect_layout", "effective_split",
-           "list_images", "list_volumes", "split_files", "split_train_val"]
+__all__ = ["IMAGE_FOLDERS", "PHANTOM_MANIFEST", "VOLUME_FOLDERS", "VOLUME_SUFFIXES", "detect_layout",
+           "effective_split", "list_images", "list_volumes", "manifest_test_subjects", "split_files",
+           "split_train_val", "subject_name"]
 
 logger = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_FOLDERS = {"train": ("trainA", "trainB"), "test": ("testA", "testB")}
 VOLUME_FOLDERS = ("volumes/ct", "volumes/mri")
+PHANTOM_MANIFEST = "phantoms.json"
+
+
+def subject_name(path: str | Path) -> str:
+    """The subject a volume belongs to: its file name without suffixes (``subj002.nii.gz`` -> ``subj002``)."""
+    return Path(path).name.split(".")[0]
+
+
+def manifest_test_subjects(dataset_dir: str | Path) -> set[str]:
+    """The ``test_subjects`` of the folder's phantom manifest (empty without one)."""
+    manifest = Path(dataset_dir) / PHANTOM_MANIFEST
+    if not manifest.is_file():
+        return set()
+    try:
+        return {str(s) for s in json.loads(manifest.read_text()).get("test_subjects", [])}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(manifest, f"unreadable phantom manifest ({type(exc).__name__}: {exc})") from exc
 
 
 def _is_hidden(path: Path) -> bool:
@@ -118,8 +141,11 @@ def effective_split(dataset_dir: str | Path, split: str) -> str:
     if split != "test":
         return split
     root = Path(dataset_dir)
-    if all((root / f).is_dir() for f in IMAGE_FOLDERS["test"]) and detect_layout(root) == "images":
+    layout = detect_layout(root)
+    if all((root / f).is_dir() for f in IMAGE_FOLDERS["test"]) and layout == "images":
         return "test"
+    if layout == "volumes" and manifest_test_subjects(root):
+        return f"test (the test subjects of {PHANTOM_MANIFEST})"
     return "val (no testA/testB: the validation split of the training folders)"
 
 
@@ -128,7 +154,8 @@ def split_files(dataset_dir: str | Path, layout: str, split: str, val_fraction: 
     """[CT files, MRI files] of ``split`` ("train", "val" or "test") in ``layout``.
 
     "val" is a deterministic ``val_fraction`` of the training files (chosen with ``seed``) that "train" then
-    leaves out; "test" uses testA/testB and falls back to "val" when they are absent (always for volumes).
+    leaves out; "test" uses testA/testB and falls back to "val" when they are absent. Volumes with a phantom
+    manifest: its test subjects are "test" and are left out of "train" and "val".
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -140,9 +167,15 @@ def split_files(dataset_dir: str | Path, layout: str, split: str, val_fraction: 
         if split == "test":
             logger.warning("%s has no testA/testB: using the validation split for testing", root)
         return _split([list_images(root / f) for f in IMAGE_FOLDERS["train"]], split, val_fraction, seed)
-    if split == "test":
+    groups = [list_volumes(root / f) for f in VOLUME_FOLDERS]
+    test = manifest_test_subjects(root)
+    if test:
+        if split == "test":
+            return [[p for p in files if subject_name(p) in test] for files in groups]
+        groups = [[p for p in files if subject_name(p) not in test] for files in groups]
+    elif split == "test":
         logger.warning("volume layout has no test folders: using the validation split of %s", root)
-    return _split([list_volumes(root / f) for f in VOLUME_FOLDERS], split, val_fraction, seed)
+    return _split(groups, split, val_fraction, seed)
 
 
 def _split(groups: list[list[Path]], split: str, val_fraction: float, seed: int) -> list[list[Path]]:

@@ -17,7 +17,6 @@ the results to the engine's metrics (and so to the results table).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from monai.networks.utils import eval_mode
 from monai.transforms import Orientation
 from PIL import Image
 
-from ctmri_monai.data.folders import IMAGE_FOLDERS, split_train_val
+from ctmri_monai.data.folders import IMAGE_FOLDERS, VOLUME_FOLDERS, manifest_test_subjects, split_files
 from ctmri_monai.data.unpaired import dataset_transforms
 from ctmri_monai.engines.slices import Translation, translate_volume
 from ctmri_monai.io.volume import load_volume
@@ -52,20 +51,17 @@ Generator = Callable[[torch.Tensor], torch.Tensor]
 
 def held_out_volume_pairs(dataset_dir: str | os.PathLike, val_fraction: float = 0.1,
                           seed: int = 0) -> list[tuple[Path, Path]]:
-    """(CT, MRI) NIfTI pairs sharing a file name under ``volumes/``, restricted to held-out subjects: the phantom
-    generator's test subjects when ``phantoms.json`` says so, else the validation split."""
+    """(CT, MRI) volumes sharing a name under ``volumes/``, both in the "test" split of `split_files`, the function
+    that also chose the training files: the phantom manifest's test subjects, else the validation split (none
+    when ``val_fraction`` is 0). A subject is scored only when neither of its volumes trained."""
     root = Path(dataset_dir)
-    ct_dir, mri_dir = root / "volumes" / "ct", root / "volumes" / "mri"
-    if not (ct_dir.is_dir() and mri_dir.is_dir()):
+    if not all((root / f).is_dir() for f in VOLUME_FOLDERS):
         return []
-    names = sorted(p.name for p in ct_dir.glob("*.nii*") if (mri_dir / p.name).is_file())
-    manifest = root / "phantoms.json"
-    if manifest.is_file():
-        test = set(json.loads(manifest.read_text()).get("test_subjects", []))
-        names = [n for n in names if n.split(".")[0] in test]
-    else:
-        names = split_train_val(names, val_fraction, seed)[1]
-    return [(ct_dir / n, mri_dir / n) for n in names]
+    if val_fraction <= 0.0 and not manifest_test_subjects(root):
+        return []
+    ct, mri = split_files(root, "volumes", "test", val_fraction, seed)
+    held_out_mri = {p.name: p for p in mri}
+    return [(p, held_out_mri[p.name]) for p in ct if p.name in held_out_mri]
 
 
 def held_out_image_pairs(dataset_dir: str | os.PathLike) -> list[tuple[Path, Path]]:

@@ -4,7 +4,6 @@ comes back as warnings."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -20,9 +19,7 @@ from ctmri_monai.io.preconditions import check_extent, check_slice_count
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.mask import head_mask
 
-__all__ = ["CheckContractd", "CheckImaged", "check_contract", "check_framing"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["CheckGeometryd", "CheckImaged", "check_contract", "check_framing", "check_geometry"]
 
 #: A CT in Hounsfield units holds air (below -200 HU; an 8-bit export or a missing rescale starts at 0); values
 #: beyond the plausible range mean a wrong rescale.
@@ -83,6 +80,22 @@ class CheckImaged(MapTransform):
                                       "pixel data?)")
         return d
 
+def check_geometry(path: Any, image: torch.Tensor, spec: ModelSpec) -> None:
+    """The geometry preconditions of a loaded (1, X, Y, Z) MetaTensor that need the contract: a positive voxel
+    size, a field of view that can hold a head, at least the 2k + 1 slices the model reads
+    (`ctmri_monai.io.preconditions`). Raises `ContractError`."""
+    if not isinstance(image, MetaTensor):
+        return
+    affine = np.asarray(image.affine, np.float64)
+    spacing = np.asarray(affine_to_spacing(affine, r=3), np.float64)
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise ContractError(path, f"voxel spacing {spacing.tolist()} is not positive and finite: the model's "
+                                  f"framing ({spec.geometry.describe()}) needs the pixel size in mm")
+    geometry, shape = spec.geometry, tuple(int(v) for v in image.shape[1:])
+    check_extent(path, affine, shape, geometry.image_size * geometry.pixdim[0] if geometry.pixdim else None)
+    check_slice_count(path, affine, shape, geometry.context_slices)
+
+
 def check_contract(path: Any, image: torch.Tensor, spec: ModelSpec, domain: str) -> list[str]:
     """Check a loaded (1, X, Y, Z) volume of ``domain`` against what ``spec`` relies on; returns warnings.
 
@@ -95,15 +108,7 @@ def check_contract(path: Any, image: torch.Tensor, spec: ModelSpec, domain: str)
     if lo == hi:
         raise InputError(path, f"constant image (every voxel is {lo:g}): no anatomy to convert (blank or missing "
                                "pixel data?)")
-    if isinstance(image, MetaTensor):
-        affine = np.asarray(image.affine, np.float64)
-        spacing = np.asarray(affine_to_spacing(affine, r=3), np.float64)
-        if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
-            raise ContractError(path, f"voxel spacing {spacing.tolist()} is not positive and finite: the model's "
-                                      f"framing ({spec.geometry.describe()}) needs the pixel size in mm")
-        geometry, shape = spec.geometry, tuple(int(v) for v in image.shape[1:])
-        check_extent(path, affine, shape, geometry.image_size * geometry.pixdim[0] if geometry.pixdim else None)
-        check_slice_count(path, affine, shape, geometry.context_slices)
+    check_geometry(path, image, spec)
     warnings: list[str] = []
     if domain == "ct":
         if lo > CT_AIR_BELOW:
@@ -119,18 +124,18 @@ def check_contract(path: Any, image: torch.Tensor, spec: ModelSpec, domain: str)
     return warnings
 
 
-class CheckContractd(MapTransform):
-    """`check_contract` of a loaded volume of ``domain`` in a pipeline (training data); warnings are logged."""
+class CheckGeometryd(MapTransform):
+    """`check_geometry` of loaded volumes in a pipeline (training data: the same preconditions as conversion; the
+    intensity plausibility of `check_contract` is conversion's, training data are declared by their card)."""
 
-    def __init__(self, keys: KeysCollection, spec: ModelSpec, domain: str, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, spec: ModelSpec, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.spec, self.domain = spec, domain
+        self.spec = spec
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            for warning in check_contract(_source_name(d[key]), d[key], self.spec, self.domain):
-                logger.warning("%s: %s", _source_name(d[key]), warning)
+            check_geometry(_source_name(d[key]), d[key], self.spec)
         return d
 
 

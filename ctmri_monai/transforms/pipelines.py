@@ -19,7 +19,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, Orientat
 
 from ctmri_monai.io.errors import ContractError
 from ctmri_monai.spec import ModelSpec
-from ctmri_monai.transforms.checks import CheckContractd, CheckImaged
+from ctmri_monai.transforms.checks import CheckGeometryd, CheckImaged
 from ctmri_monai.transforms.intensity import unit_from_eight_bit, volume_intensity
 from ctmri_monai.transforms.loading import LoadVolumed, SafeLoadImaged, pil_to_gray
 from ctmri_monai.transforms.spatial import HORIZONTAL_FLIP_AXIS, InPlaneFramed
@@ -68,7 +68,7 @@ def volume_pipeline(spec: ModelSpec, domain: str, keys: KeysCollection = ("image
     """
     keys = _keys(keys)
     geometry = spec.geometry
-    steps: list = [LoadVolumed(keys, max_voxels=max_voxels), CheckContractd(keys, spec, domain)] if load else []
+    steps: list = [LoadVolumed(keys, max_voxels=max_voxels), CheckGeometryd(keys, spec)] if load else []
     steps += [
         CheckImaged(keys, spatial_ndim=3, max_channels=1, reject_constant=True),
         Orientationd(keys, axcodes=geometry.axcodes, labels=ORIENTATION_LABELS),
