@@ -1,8 +1,10 @@
-"""scripts/bench_all.sh in its quick mode: every benchmark runs and reports every figure (figures not asserted)."""
+"""scripts/bench_all.sh in its quick mode: every benchmark runs and reports every figure; the figures are checked
+for what must hold whatever the machine (ranges, sums, ratios), not for their speed."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,9 +49,12 @@ def test_bench_convert_quick(bench_out: Path) -> None:
 
 def test_bench_fid_quick(bench_out: Path) -> None:
     row = json.loads((bench_out / "bench_fid.json").read_text())
-    for key in ("feature_seconds", "images_per_second", "frechet_seconds", "kid_seconds", "direction_seconds"):
-        assert row[key] >= 0, key
-    assert row["images_per_set"] == 8 and row["fid"] >= 0
+    assert row["images_per_set"] == 8 and row["images_per_second"] > 0
+    # the table's "one direction" column is the sum of its parts (each rounded to 0.01 s or finer)
+    parts = row["feature_seconds"] + row["frechet_seconds"] + row["kid_seconds"]
+    assert row["direction_seconds"] == pytest.approx(parts, abs=0.02)
+    # two independent random sets: a distance of 0 would mean one set was compared with itself
+    assert row["fid"] > 1e-6 and math.isfinite(row["kid"])
 
 
 def test_large_volume_quick(bench_out: Path) -> None:
@@ -75,7 +80,8 @@ def test_bench_quality_quick(tmp_path: Path) -> None:
     assert set(rows) == {"2D", "2.5D (k = 1)", "2D + structure", "2.5D + structure"}
     for row in rows.values():
         assert row["iterations"] > 0 and row["n_pairs"] == 1
-        for key in ("volume_mae_mri2ct_hu", "volume_ssim_ct2mri", "volume_through_plane_ct2mri",
-                    "volume_structure_mri2ct", "volume_dice_ct2mri"):
-            assert isinstance(row[key], float), key
+        assert 0 < row["volume_mae_mri2ct_hu"] < 4024, row  # HU over [-1024, 3000]: an error, never exact
+        for key, (lo, hi) in {"volume_ssim_ct2mri": (-1, 1), "volume_through_plane_vs_real_ct2mri": (-1, 1),
+                              "volume_structure_mri2ct": (0, 1), "volume_dice_ct2mri": (0, 1)}.items():
+            assert isinstance(row[key], float) and (math.isnan(row[key]) or lo <= row[key] <= hi), (key, row[key])
     assert "| 2.5D + structure |" in (tmp_path / "bench_quality.md").read_text()

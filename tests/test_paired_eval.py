@@ -45,10 +45,10 @@ def test_paired_metrics_are_finite_and_rank_generators(tiny_phantoms: Path) -> N
     for result in scores.values():
         assert result["n_pairs"] == len(pairs) == 1
         assert all(math.isfinite(v) for k, v in result.items()
-                   if not k.startswith(("through_plane", "roughness", "structure")))
+                   if not k.startswith(("through_plane_vs_real", "roughness", "structure")))
     assert all(math.isfinite(v) for v in scores["identity"].values())
     # a blank output has no edges, in plane or through it: those figures are undefined (NaN), not 0
-    assert all(math.isnan(scores["blank"][f"{k}_ct2mri"]) for k in ("through_plane", "roughness", "structure"))
+    assert all(math.isnan(scores["blank"][f"{k}_ct2mri"]) for k in ("through_plane_vs_real", "roughness", "structure"))
     assert scores["blank"]["dice_ct2mri"] == 0.0 and scores["identity"]["dice_ct2mri"] == 1.0
     # predicting air inside the head is the worst possible synthetic CT: MAE near 1000 HU
     assert scores["blank"]["mae_mri2ct_hu"] > 500

@@ -79,8 +79,12 @@ def read_card(path: str | os.PathLike) -> DatasetCard:
     return card
 
 
-def find_card(dataset_dir: str | os.PathLike, card: str | os.PathLike | None = None) -> DatasetCard | None:
-    """The card ``card`` names, else ``<dataset_dir>/dataset.json`` when it exists, else None."""
+def find_card(dataset_dir: str | os.PathLike,
+              card: str | os.PathLike | DatasetCard | None = None) -> DatasetCard | None:
+    """The card ``card`` names, else ``<dataset_dir>/dataset.json`` when it exists, else None. A `DatasetCard`
+    (read once by the caller, as the bundle does) is returned as it is."""
+    if isinstance(card, DatasetCard):
+        return card
     if card is not None:
         if not Path(card).is_file():
             raise InputError(card, "dataset card not found")

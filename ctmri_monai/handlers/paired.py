@@ -126,10 +126,11 @@ def evaluate_volume_pairs(pairs: Sequence[tuple[Path, Path]], generators: Mappin
 
 def volume_consistency(output: np.ndarray, source: np.ndarray, reference: np.ndarray, mask: np.ndarray,
                        translation: Translation) -> dict[str, float]:
-    """A converted volume's figures beside its paired metrics: ``through_plane`` (z-gradient correlation with the
-    real target), ``roughness`` (slice-to-slice roughness over the input's, 1 is best), ``structure`` (edge
-    alignment with the input, `ngf_alignment`), and ``dice`` (head masks of the generator's input and output)."""
-    return {"through_plane": z_gradient_correlation(output, reference, mask),
+    """A converted volume's figures beside its paired metrics: ``through_plane_vs_real`` (z-gradient correlation
+    with the real target; conversion's QA ``through_plane`` compares with the input instead), ``roughness``
+    (slice-to-slice roughness over the input's, 1 is best), ``structure`` (edge alignment with the input,
+    `ngf_alignment`), and ``dice`` (head masks of the generator's input and output)."""
+    return {"through_plane_vs_real": z_gradient_correlation(output, reference, mask),
             "roughness": z_roughness_ratio(output, source, mask), "structure": ngf_alignment(output, source, mask),
             "dice": dice(translation.source_mask, head_mask(translation.fake_unit))}
 
