@@ -7,6 +7,7 @@ are scaled to 8 bits by their range). Every reading failure becomes one `InputEr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from ctmri_monai.io.preconditions import pil_image_problem
 from ctmri_monai.io.volume import load_volume, read_error
 
 __all__ = ["LoadVolumed", "SafeLoadImaged", "pil_to_gray"]
+
+logger = logging.getLogger(__name__)
 
 
 def pil_to_gray(image: Any) -> Any:
@@ -72,7 +75,7 @@ class SafeLoadImaged(LoadImaged):
 
 class LoadVolumed(MapTransform):
     """Load the volume named under each key with `ctmri_monai.io.load_volume`: a (1, X, Y, Z) float32 MetaTensor
-    in RAS. ``max_voxels`` refuses larger volumes from their headers."""
+    in RAS; its warnings are logged. ``max_voxels`` refuses larger volumes from their headers."""
 
     def __init__(self, keys: KeysCollection, max_voxels: int | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -81,5 +84,8 @@ class LoadVolumed(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = load_volume(d[key], max_voxels=self.max_voxels).image
+            volume = load_volume(d[key], max_voxels=self.max_voxels)
+            for warning in volume.warnings:  # unusual but usable (oblique slices, a header without qform/sform)
+                logger.warning("%s: %s", volume.path, warning)
+            d[key] = volume.image
         return d
