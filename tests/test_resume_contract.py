@@ -73,8 +73,8 @@ def test_bundle_resume_with_another_ct_window_is_refused_and_the_same_config_goe
     """One tiny epoch on phantom volumes; resuming with another CT window fails naming it (and trains nothing);
     the same configuration resumes and trains epoch 2; the override resumes too and records the new window."""
     out = tmp_path / "run"
-    args = dict(dataset_dir=tiny_phantoms, layout="volumes", slices_per_volume=4, val_interval=1,
-                n_epochs_decay=0, **TINY_OVERRIDES)
+    args = dict(TINY_OVERRIDES, dataset_dir=tiny_phantoms, layout="volumes", slices_per_volume=4, val_interval=1,
+                n_epochs_decay=0, batch_size=4)  # one training subject (one validates, one is the test subject)
     first = run_bundle_cli(["train"], output_dir=out, n_epochs=1, ct_window="[-1000,1000]", **args)
     assert first.returncode == 0, first.stderr[-3000:]
     final = out / "checkpoints" / "final.pt"

@@ -48,3 +48,23 @@ def test_generators_are_built_from_the_contract(tiny_phantoms: Path, backbone: s
         assert parser.get_parsed_content(key).context_slices == context, key
     text = (CONFIGS / "train.yaml").read_text()
     assert text.count("@context_slices") == 1 and text.count('"@ngf"') == 1  # the contract's inputs only
+
+
+def test_a_training_set_smaller_than_one_batch_is_refused() -> None:
+    """With drop_last, 3 samples and batch_size 8 give no batch: before, the run ended at once with exit status 0
+    and no checkpoint; negative control: batch_size 2 trains."""
+    import torch
+    from monai.data import DataLoader
+
+    from ctmri_monai.engines import CycleGANTrainer
+    from ctmri_monai.io.errors import InputError
+    from ctmri_monai.networks import define_discriminator, define_generator
+
+    data = [{"ct": torch.zeros(1, 32, 32), "mri": torch.zeros(1, 32, 32)}] * 3
+    nets = [define_generator(ngf=4, n_blocks=1) for _ in range(2)] + [define_discriminator(ndf=4) for _ in range(2)]
+    opt = [torch.optim.Adam(nets[0].parameters()), torch.optim.Adam(nets[2].parameters())]
+    with pytest.raises(InputError, match=r"no batch per epoch \(3 samples, batch_size 8"):
+        CycleGANTrainer("cpu", 1, DataLoader(data, batch_size=8, drop_last=True), *nets, *opt)
+    trainer = CycleGANTrainer("cpu", 1, DataLoader(data, batch_size=2, drop_last=True), *nets, *opt)
+    trainer.run()
+    assert trainer.state.iteration == 1

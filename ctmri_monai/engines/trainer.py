@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 
 from ctmri_monai.engines.cycle import cycle
 from ctmri_monai.engines.pool import ImagePool
+from ctmri_monai.io.errors import InputError
 from ctmri_monai.losses import AdversarialLoss
 from ctmri_monai.transforms.context import centre_slice, centre_window
 from ctmri_monai.utils.amp import autocast, autocast_dtype, grad_scaler
@@ -44,6 +45,17 @@ def to_device(batch: dict, device: torch.device, non_blocking: bool, channels_la
 def as_plain(x: torch.Tensor) -> torch.Tensor:
     """Drop MONAI metadata so networks see plain tensors (faster, and safe under autocast)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def _require_batches(loader: Any, epoch_length: int | None) -> None:
+    """Refuse a loader that gives no batch per epoch (fewer samples than ``batch_size`` with ``drop_last``): the
+    run would end at once with exit status 0, no iteration and no checkpoint."""
+    n = epoch_length if epoch_length is not None else (len(loader) if hasattr(loader, "__len__") else None)
+    if n == 0:
+        samples = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else "?"
+        raise InputError("training data", f"no batch per epoch ({samples} samples, batch_size "
+                                          f"{getattr(loader, 'batch_size', '?')}, the last incomplete batch "
+                                          "dropped): lower batch_size, raise slices_per_volume or add data")
 
 
 class CycleGANTrainer(Trainer):
@@ -89,6 +101,7 @@ class CycleGANTrainer(Trainer):
                  non_blocking: bool = False, amp: bool = False, channels_last: bool = False,
                  train_handlers: Sequence | None = None, iteration_update: Callable | None = None,
                  inferer: Inferer | None = None) -> None:
+        _require_batches(train_data_loader, epoch_length)
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.generator_ct2mri, self.generator_mri2ct = generator_ct2mri, generator_mri2ct
         self.discriminator_ct, self.discriminator_mri = discriminator_ct, discriminator_mri

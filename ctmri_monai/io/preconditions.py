@@ -21,7 +21,7 @@ import numpy as np
 from ctmri_monai.io.errors import ContractError, InputError
 
 __all__ = ["MIN_FIELD_OF_VIEW_MM", "OBLIQUE_WARN_DEGREES", "check_dicom_geometry", "check_extent",
-           "check_itk_geometry", "check_nifti_header", "check_slice_count", "check_value_type",
+           "check_itk_geometry", "check_nifti_header", "check_slice_count", "check_value_type", "check_voxel_size",
            "geometry_warnings", "pil_image_problem"]
 
 #: No head, a newborn's included (about 90 mm across), fits a field of view narrower than this (in-plane, mm).
@@ -166,6 +166,14 @@ def geometry_warnings(affine: np.ndarray) -> list[str]:
         return [f"oblique slices: the slice axis is {tilt:.0f} degrees from superior-inferior; the model converts "
                 "the acquisition's own slices (it saw axial ones in training)"]
     return []
+
+
+def check_voxel_size(path: PathLike, affine: np.ndarray, needed_by: str) -> None:
+    """Voxel sizes (the affine's column norms) positive and finite: ``needed_by`` needs the pixel size in mm."""
+    spacing = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise ContractError(path, f"voxel spacing {spacing.tolist()} is not positive and finite: {needed_by} needs "
+                                  "the pixel size in mm")
 
 
 def _in_plane(affine: np.ndarray, shape: Sequence[int]) -> tuple[list[float], int]:

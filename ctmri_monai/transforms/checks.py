@@ -11,11 +11,10 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform
 
 from ctmri_monai.io.errors import ContractError, InputError
-from ctmri_monai.io.preconditions import check_extent, check_slice_count
+from ctmri_monai.io.preconditions import check_extent, check_slice_count, check_voxel_size
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.mask import head_mask
 
@@ -80,6 +79,7 @@ class CheckImaged(MapTransform):
                                       "pixel data?)")
         return d
 
+
 def check_geometry(path: Any, image: torch.Tensor, spec: ModelSpec) -> None:
     """The geometry preconditions of a loaded (1, X, Y, Z) MetaTensor that need the contract: a positive voxel
     size, a field of view that can hold a head, at least the 2k + 1 slices the model reads
@@ -87,10 +87,7 @@ def check_geometry(path: Any, image: torch.Tensor, spec: ModelSpec) -> None:
     if not isinstance(image, MetaTensor):
         return
     affine = np.asarray(image.affine, np.float64)
-    spacing = np.asarray(affine_to_spacing(affine, r=3), np.float64)
-    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
-        raise ContractError(path, f"voxel spacing {spacing.tolist()} is not positive and finite: the model's "
-                                  f"framing ({spec.geometry.describe()}) needs the pixel size in mm")
+    check_voxel_size(path, affine, f"the model's framing ({spec.geometry.describe()})")
     geometry, shape = spec.geometry, tuple(int(v) for v in image.shape[1:])
     check_extent(path, affine, shape, geometry.image_size * geometry.pixdim[0] if geometry.pixdim else None)
     check_slice_count(path, affine, shape, geometry.context_slices)
