@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,13 +139,13 @@ def test_configure_backends_sets_cudnn_only_for_cuda() -> None:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
 
 
-def test_train_yaml_speed_keys() -> None:
+def test_train_yaml_speed_keys(tiny_phantoms: Path) -> None:
     """train.yaml's speed keys, resolved by MONAI's ConfigParser: channels_last on CUDA only, cuDNN flags in
-    ``initialize``, and ``compile`` compiling the networks in place."""
+    ``initialize``, and ``compile`` compiling the networks in place (built from the contract of a dataset)."""
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.yaml"))
     parser.update({"device": "$torch.device('cpu')", "compile": True, "compile_kwargs": {"backend": "eager"},
-                   "ngf": 4, "n_blocks": 1})
+                   "ngf": 4, "n_blocks": 1, "dataset_dir": str(tiny_phantoms)})
     parser.parse()
     parser.get_parsed_content("imports")
     try:
