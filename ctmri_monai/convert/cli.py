@@ -10,7 +10,7 @@ from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.batch import run_batch
 from ctmri_monai.spec import FRAMINGS
 
-__all__ = ["add_convert_arguments", "contract_overrides", "main_convert"]
+__all__ = ["add_contract_arguments", "add_convert_arguments", "contract_overrides", "main_convert"]
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -36,6 +36,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--no-mask-background", dest="mask_background", action="store_false",
                         help="keep what the generator writes outside the input's head mask (default: air there)")
+    return add_contract_arguments(parser)
+
+
+def add_contract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The contract overrides (``--ct-window``, ``--framing``, ``--pixdim``) of every command that converts."""
     contract = parser.add_argument_group("contract overrides (each replaces what the checkpoint recorded; logged)")
     contract.add_argument("--ct-window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
                           help="HU range the CT training images were exported with (level 40 / width 120: -20 100)")
