@@ -180,8 +180,12 @@ class Orthanc:
             (folder / "route.lua").write_text(lua)
             config["LuaScripts"] = [str(folder / "route.lua")]
         (folder / "orthanc.json").write_text(json.dumps(config))
-        self.log = open(folder / "orthanc.log", "ab")
-        self.proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=self.log,
+        self.start()
+
+    def start(self) -> None:
+        """Start (or start again, on the same ports and storage) and wait for ``GET /system``."""
+        self.log = open(self.folder / "orthanc.log", "ab")
+        self.proc = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         wait_for(self._up, 60, "Orthanc's GET /system")
 
