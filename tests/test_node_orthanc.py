@@ -8,6 +8,7 @@ missing, a failure in CI (CTMRI_REQUIRE_ORTHANC=1).
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -190,3 +191,23 @@ def test_load_twenty_series_over_four_associations_converted_once_memory_flat(pa
     assert len(stored) == 20 and all(len(s["Instances"]) == 3 for s in stored)
     print(f"node RSS after 5 series {rss[5]} KiB, after 20 {rss[20]} KiB")
     assert abs(rss[20] - rss[5]) <= 0.10 * rss[5], rss
+
+
+def test_dicomweb_round_trip_through_orthancs_dicomweb_plugin(pacs: Pacs, capsys) -> None:
+    from ctmri_monai.apps.cli import main as ctmri
+
+    source = phantom_series("MR", 3, seed=41)
+    study, series = str(source[0].StudyInstanceUID), str(source[0].SeriesInstanceUID)
+    pacs.orthanc.upload(source)
+    capsys.readouterr()
+    assert ctmri(["convert", "--dicomweb", f"{pacs.orthanc.url}/dicom-web", "--study", study, "--series", series,
+                  "--checkpoint", str(pacs.checkpoint), "--device", "cpu"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["status"] == "ok" and record["direction"] == "mri2ct"
+    found = pacs.orthanc.request("POST", "/tools/find", json.dumps(
+        {"Level": "Series", "Query": {"SeriesInstanceUID": record["output_series_uid"]}}).encode())
+    assert len(found) == 1
+    files = pacs.orthanc.instance_files(found[0])
+    derived = [pydicom.dcmread(BytesIO(b)) for b in files]
+    assert len(derived) == 3 and {ds.SyntheticData for ds in derived} == {"YES"}
+    assert {ds.StudyInstanceUID for ds in derived} == {study} and {ds.Modality for ds in derived} == {"CT"}

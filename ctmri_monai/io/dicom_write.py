@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import correct_ambiguous_vr, write_dataset
@@ -98,14 +98,16 @@ def _slice_datasets(template: Dataset, per_slice: Sequence[Dataset], pixels: np.
     head.PixelRepresentation = int(pixels.dtype == np.int16)
     static = _encoded_once(head)
     encoded, charset = dict(static.items()), static.original_character_set
-    meta = FileMetaDataset()  # dcmwrite copies it and adds each slice's MediaStorageSOPInstanceUID
-    meta.MediaStorageSOPClassUID = template.SOPClassUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
     little = pixels.dtype.newbyteorder("<")
     for own, plane in zip(per_slice, pixels, strict=True):
         ds = Dataset(dict(encoded))
         ds.set_original_encoding(False, True, charset)
-        ds.file_meta = meta
+        ds.preamble = b"\x00" * 128
+        ds.file_meta = FileMetaDataset()  # complete, so the dataset can travel as it is (C-STORE, STOW-RS)
+        ds.file_meta.MediaStorageSOPClassUID = template.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = own.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        validate_file_meta(ds.file_meta, enforce_standard=True)  # the version and implementation elements
         ds.update(own)
         ds.PixelData = plane.astype(little, copy=False).tobytes()
         ds["PixelData"].VR = "OW"
