@@ -100,12 +100,14 @@ def text_report(study_uid: str) -> Dataset:
 
 def c_store(datasets: list[Dataset], port: int, calling: str = "ORTHANC", called: str = "CTMRI") -> list[int]:
     """Send ``datasets`` in one association; returns each status (empty: association refused)."""
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
+
+    from ctmri_monai.node.sender import no_delay
 
     ae = AE(ae_title=calling)
     for uid in {ds.SOPClassUID for ds in datasets}:
         ae.add_requested_context(uid, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)])
     if not assoc.is_established:
         return []
     try:

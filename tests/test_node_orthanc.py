@@ -139,7 +139,8 @@ def test_sigkill_between_acknowledgement_and_delivery_then_restart_delivers_once
     node = NodeProcess(pacs.checkpoint, spool, port, *pacs.node_args(closed))
     first, second = phantom_series("CT", 3, seed=21), phantom_series("MR", 3, seed=22)
     assert c_store(first, port) == [0] * 3
-    wait_for(lambda: any(r["status"] == "sending" for r in journal_rows(spool)), 60, "a converted series")
+    wait_for(lambda: any(r["status"] in ("sending", "delivering") for r in journal_rows(spool)), 60,
+             "a converted series")
     assert c_store(second, port) == [0] * 3
     assert node.kill(signal.SIGKILL) == -signal.SIGKILL  # acknowledged, not delivered
     node = NodeProcess(pacs.checkpoint, spool, port, *pacs.node_args())

@@ -38,6 +38,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--retry-seconds", type=float, default=2.0,
                         help="first delay before a failed delivery is retried (doubles up to --max-retry-seconds)")
     parser.add_argument("--max-retry-seconds", type=float, default=300.0)
+    parser.add_argument("--senders", type=int, default=4,
+                        help="derived series delivered side by side (default 4; a PACS stores them in parallel)")
     return add_contract_arguments(parser)
 
 
@@ -66,6 +68,9 @@ def main_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug dumps would show patient fields
+    from pynetdicom import _config as netconfig
+
+    netconfig.LOG_REQUEST_IDENTIFIERS = netconfig.LOG_RESPONSE_IDENTIFIERS = False  # no query identifiers either
     if not args.allow_aet and not _is_loopback(args.host):
         print("ctmri serve: error: listening beyond this machine needs --allow-aet (the callers allowed)",
               file=sys.stderr)
@@ -80,7 +85,8 @@ def main_serve(args: argparse.Namespace) -> int:
         return 2
     config = NodeConfig(aet=args.aet, host=args.host, port=args.port, allow_aet=tuple(args.allow_aet),
                         destination=destination, idle_seconds=args.idle_seconds, direction=args.direction,
-                        retry_seconds=args.retry_seconds, max_retry_seconds=args.max_retry_seconds)
+                        retry_seconds=args.retry_seconds, max_retry_seconds=args.max_retry_seconds,
+                        senders=args.senders)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -1,12 +1,13 @@
 """The node's job journal: one SQLite row per series in the spool folder, and one per received instance.
 
-Status of a series: ``receiving`` (instances arriving) -> ``queued`` (complete: its association was released or it
-was idle) -> ``converting`` -> ``sending`` (the derived series is in the spool, waiting for the destination) ->
-``sent``; or ``converted`` (no destination), ``failed`` (with its reason: a contract or input refusal, a synthetic
-series), ``stored`` (non-image objects: kept, not converted). Every change is committed before the node acts on
-it, so a restart after SIGKILL resumes from the journal: ``receiving`` and ``converting`` become ``queued`` again;
-a ``sending`` series is sent again from the spool with the same UIDs (a PACS stores an instance it already has
-once), so each derived series arrives exactly once.
+Status of a series: ``receiving`` (instances arriving) -> ``queued`` (complete: its association was released or
+it was idle) -> ``converting`` -> ``sending`` (the derived series is in the spool, waiting for the destination)
+-> ``delivering`` (one sender thread is storing it) -> ``sent``; or ``converted`` (no destination), ``failed``
+(with its reason: a contract or input refusal, a synthetic series), ``stored`` (non-image objects: kept, not
+converted). Every change is committed before the node acts on it, so a restart after SIGKILL resumes from the
+journal: ``receiving`` and ``converting`` become ``queued`` again, ``delivering`` becomes ``sending`` and is sent
+again from the spool with the same UIDs (a PACS stores an instance it already has once), so each derived series
+arrives exactly once.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class Journal:
         """After a restart: acknowledged series that were receiving or converting are queued again."""
         with self._tx() as db:
             db.execute("UPDATE series SET status = 'receiving' WHERE status = 'converting'")
+            db.execute("UPDATE series SET status = 'sending' WHERE status = 'delivering'")
             db.execute("UPDATE series SET updated_at = 0 WHERE status = 'receiving'")
         self.complete(idle_before=1.0)
 

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import Verification
 
 from ctmri_monai.convert.service import ConversionService
 from ctmri_monai.io.errors import CtmriError
-from ctmri_monai.node.sender import Destination, SendError, backoff, send_series
+from ctmri_monai.node.sender import Destination, SendError, backoff, no_delay, send_series
 from ctmri_monai.node.spool import Spool, is_image
 
 __all__ = ["Node", "NodeConfig"]
@@ -43,6 +43,7 @@ class NodeConfig:
     direction: str | None = None
     retry_seconds: float = 2.0
     max_retry_seconds: float = 300.0
+    senders: int = 4
     timeout: float = 30.0
     poll: float = field(default=0.2, repr=False)
 
@@ -73,10 +74,14 @@ class Node:
         if self.config.allow_aet:
             ae.require_calling_aet = list(self.config.allow_aet)
         handlers = [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self._on_store),
-                    (evt.EVT_RELEASED, self._on_released), (evt.EVT_ACCEPTED, self._on_accepted)]
+                    (evt.EVT_RELEASED, self._on_released), (evt.EVT_ACCEPTED, self._on_accepted),
+                    (evt.EVT_CONN_OPEN, no_delay)]
         self.accepting = True
         self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
-        for name, loop in (("convert", self._convert_loop), ("send", self._send_loop), ("idle", self._idle_loop)):
+        loops = [("convert", self._convert_loop), ("idle", self._idle_loop)]
+        if self.config.destination is not None:  # several series in flight: a PACS stores them side by side
+            loops += [(f"send{k}", self._send_loop) for k in range(max(1, self.config.senders))]
+        for name, loop in loops:
             thread = threading.Thread(target=loop, name=f"ctmri-node-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -180,7 +185,7 @@ class Node:
     def _send_loop(self) -> None:
         destination = self.config.destination
         while destination is not None and not self._stop.is_set():
-            row = self.journal.claim("sending", "sending")
+            row = self.journal.claim("sending", "delivering")
             if row is None:
                 self._stop.wait(self.config.poll)
                 continue
@@ -189,8 +194,8 @@ class Node:
                 count = send_series(self.spool.outgoing(uid), destination, self.config.aet, self.config.timeout)
             except (SendError, OSError, RuntimeError) as exc:
                 delay = backoff(attempts, self.config.retry_seconds, self.config.max_retry_seconds)
-                self.journal.update(uid, attempts=attempts, reason=f"delivery attempt {attempts}: {exc}",
-                                    next_attempt=time.time() + delay)
+                self.journal.update(uid, status="sending", attempts=attempts, next_attempt=time.time() + delay,
+                                    reason=f"delivery attempt {attempts}: {exc}")
                 logger.warning("series %s not delivered (%s); retry in %.1f s", row["output_series_uid"], exc, delay)
                 continue
             self.journal.update(uid, status="sent", attempts=attempts, reason=None, sent_at=time.time())
