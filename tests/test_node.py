@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_tiny_checkpoint
-from dicom_net import Receiver, c_store, free_port, phantom_series, text_report, wait_for
+from dicom_net import Receiver, c_store, free_port, journal_rows, phantom_series, text_report, wait_for
 
 from ctmri_monai.apps.cli import main as ctmri
 from ctmri_monai.convert import ConversionService, ConvertOptions
@@ -112,7 +113,7 @@ def test_destination_down_is_retried_with_back_off_until_delivered(service: Conv
         ct = phantom_series("CT", 3)
         assert c_store(ct, node.port) == [0] * 3
         uid = str(ct[0].SeriesInstanceUID)
-        wait_for(lambda: any(r["attempts"] >= 2 for r in Journal(tmp_path / "spool" / "journal.sqlite").rows()),
+        wait_for(lambda: any(r["attempts"] >= 2 for r in journal_rows(tmp_path / "spool")),
                  30, "two failed delivery attempts")
         assert status_of(tmp_path / "spool", uid) in ("sending", "delivering")
         dest = Receiver(port)  # the destination comes back
@@ -157,3 +158,27 @@ def test_idle_series_completes_and_a_restart_resumes_acknowledged_work(service: 
     finally:
         node.stop()
         dest.stop()
+
+
+class Slow(torch.nn.Module):
+    """The identity, one second per call: a conversion that is surely under way when the node is stopped."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(1.0)
+        return x[:, :1]
+
+
+def test_stop_finishes_the_conversion_under_way_and_leaves_the_rest_queued(tmp_path: Path) -> None:
+    from conftest import make_spec
+
+    slow = ConversionService({"ct2mri": Slow()}, make_spec(32, pixdim=(6.0, 6.0)), {"file": "slow.pt"},
+                             ConvertOptions(batch_size=8))
+    node = start_node(slow, tmp_path / "spool", None)
+    series = [phantom_series("CT", 3, seed=k) for k in range(3)]
+    for s in series:
+        assert c_store(s, node.port) == [0] * 3
+    wait_for(lambda: any(r["status"] == "converting" for r in journal_rows(node.spool.root)),
+             30, "a conversion under way")
+    node.stop()
+    statuses = sorted(status_of(tmp_path / "spool", str(s[0].SeriesInstanceUID)) for s in series)
+    assert statuses == ["converted", "queued", "queued"]
