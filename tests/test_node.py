@@ -36,11 +36,7 @@ def start_node(service: ConversionService, spool: Path, destination: int | None,
 
 
 def status_of(spool: Path, series_uid: str) -> str | None:
-    journal = Journal(spool / "journal.sqlite")
-    try:
-        return next((r["status"] for r in journal.rows() if r["series_uid"] == series_uid), None)
-    finally:
-        journal.close()
+    return next((r["status"] for r in journal_rows(spool) if r["series_uid"] == series_uid), None)
 
 
 def check_derived(source: list, derived: list, modality: str) -> None:
