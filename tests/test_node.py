@@ -178,3 +178,11 @@ def test_stop_finishes_the_conversion_under_way_and_leaves_the_rest_queued(tmp_p
     node.stop()
     statuses = sorted(status_of(tmp_path / "spool", str(s[0].SeriesInstanceUID)) for s in series)
     assert statuses == ["converted", "queued", "queued"]
+
+
+def test_listening_beyond_this_machine_needs_an_allow_list(tmp_path: Path, capsys) -> None:
+    args = ["serve", "--checkpoint", str(tmp_path / "m.pt"), "--spool", str(tmp_path / "spool")]
+    assert ctmri([*args, "--host", "0.0.0.0"]) == 2
+    assert "needs --allow-aet" in capsys.readouterr().err and not (tmp_path / "spool").exists()
+    assert ctmri([*args, "--destination", "ORTHANC-no-port"]) == 2  # and a bad destination is named
+    assert "expected AET@HOST:PORT" in capsys.readouterr().err

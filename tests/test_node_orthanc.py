@@ -212,3 +212,9 @@ def test_dicomweb_round_trip_through_orthancs_dicomweb_plugin(pacs: Pacs, capsys
     derived = [pydicom.dcmread(BytesIO(b)) for b in files]
     assert len(derived) == 3 and {ds.SyntheticData for ds in derived} == {"YES"}
     assert {ds.StudyInstanceUID for ds in derived} == {study} and {ds.Modality for ds in derived} == {"CT"}
+
+
+def test_the_node_log_names_uids_and_never_patients(pacs: Pacs) -> None:
+    log = pacs.node.log.read_text()
+    assert "converted to 1." in log and "sent to ORTHANC@127.0.0.1" in log  # the work is logged, by UID
+    assert "Nodetest" not in log and "NODE-PID" not in log and "19600101" not in log

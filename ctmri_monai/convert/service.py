@@ -133,10 +133,7 @@ class ConversionService:
         if direction not in self.generators:
             raise ContractError(self.info.get("file") or "model",
                                 f"no {direction} generator (it has {', '.join(self.generators)})")
-        info = dict(self.info)
-        if info.get("direction") not in (None, direction):
-            info["direction"] = direction
-        return Model(self.generators[direction], self.spec, info)
+        return Model(self.generators[direction], self.spec, dict(self.info, direction=direction))
 
     def convert(self, volume: Volume, direction: str, progress: Any = None,
                 montage: Path | None = None) -> Converted:
