@@ -1,8 +1,27 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install ctmri-monai with the FID extra and the test tools.
 # torch is pinned to 2.13.0 first so that nothing pulls a multi-GB CUDA build on a CPU machine.
+# Orthanc (the research PACS the DICOM node is tested against) and its DICOMweb plugin are installed from the
+# Debian packages when missing and apt can run as root; CTMRI_INSTALL_ORTHANC=1 (set by .ci/run) makes a failed
+# install an error.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; }
+        then
+            echo "setup.sh: installing orthanc orthanc-dicomweb failed" >&2
+            [ "${CTMRI_INSTALL_ORTHANC:-0}" = 1 ] && exit 1
+        fi
+        # the package starts a system Orthanc on ports 8042 / 4242; the tests start their own
+        { command -v service >/dev/null && service orthanc stop; } >/dev/null 2>&1 || true
+    elif [ "${CTMRI_INSTALL_ORTHANC:-0}" = 1 ]; then
+        echo "setup.sh: Orthanc is missing and apt-get cannot run as root: install orthanc orthanc-dicomweb" >&2
+        exit 1
+    else
+        echo "setup.sh: Orthanc not installed (sudo apt-get install orthanc orthanc-dicomweb); its tests will skip" >&2
+    fi
+fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # shellcheck disable=SC1091

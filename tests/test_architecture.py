@@ -17,7 +17,8 @@ LAYERS: dict[str, int] = {
     "engines": 3,
     "handlers": 4,
     "convert": 5, "phantoms": 5,
-    "apps": 6,
+    "node": 6,
+    "apps": 7,
 }
 MAX_LINES = 450
 

@@ -41,6 +41,7 @@ ALLOWED = {
     "EchoTime", "EchoTrainLength", "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns",
     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleIntercept", "RescaleSlope",
     "RescaleType", "WindowCenter", "WindowWidth", "PixelData",
+    "SyntheticData", "ContributingEquipmentSequence",  # the synthetic labels (this software, its version, model hash)
 }
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ctmri_monai.apps.reproduce import add_reproduce_arguments, main_reproduce
 from ctmri_monai.convert.cli import add_convert_arguments, main_convert
+from ctmri_monai.node.cli import add_jobs_arguments, add_serve_arguments, main_jobs, main_serve
 from ctmri_monai.utils.quiet import quiet_known_warnings
 
 
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert NIfTI / DICOM volumes slice-wise with a trained generator")
     add_convert_arguments(p)
     p.set_defaults(func=main_convert)
+
+    p = sub.add_parser("serve", help="a DICOM node: receive series by C-STORE, convert, send the results on")
+    add_serve_arguments(p)
+    p.set_defaults(func=main_serve)
+
+    p = sub.add_parser("jobs", help="the journal of a node's spool folder")
+    add_jobs_arguments(p)
+    p.set_defaults(func=main_jobs)
     return parser
 
 

@@ -25,12 +25,11 @@ import torch
 
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.inputs import collect_inputs, output_names
-from ctmri_monai.convert.pipeline import convert_volume
+from ctmri_monai.convert.options import BatchOptions, batch_options
+from ctmri_monai.convert.service import ConversionService
 from ctmri_monai.io.atomic import atomic_write_json
-from ctmri_monai.io.errors import ContractError, CtmriError, InputError
+from ctmri_monai.io.errors import CtmriError, InputError
 from ctmri_monai.io.volume import load_volume
-from ctmri_monai.spec import ModelSpec
-from ctmri_monai.transforms.intensity import require_ct_window
 from ctmri_monai.utils.device import resolve_device
 from ctmri_monai.utils.distributed import process_rank, shard_inputs
 
@@ -82,12 +81,6 @@ def _progress(total: int, enabled: bool, **kwargs: Any) -> Any:
 # -------------------------------------------------------------------------------------------------- batch
 
 
-def _default_loader(checkpoint: str | os.PathLike, direction: str, device: str) -> tuple[Any, dict]:
-    from ctmri_monai.networks.loading import load_generator
-
-    return load_generator(checkpoint, direction, device)
-
-
 def default_batch_size(device: torch.device) -> int:
     """Slices per generator call: 16 on CUDA; 1 on the CPU, where larger batches measured slower
     (ResNet-9 at 256 x 256 on 2 cores: 1.1-1.3 slices/s at batch 1, 1.0 at 4, 0.9 at 16)."""
@@ -123,69 +116,20 @@ class _ReadAhead:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def resolve_contract(spec: ModelSpec | None, info: Mapping[str, Any],
-                     overrides: Mapping[str, Any] | None = None) -> ModelSpec:
-    """The contract a batch converts with: ``spec``, else the model info's; ``overrides`` applied (logged).
-
-    Refused (`ContractError` naming the model and the option): no contract at all, a generator with more than one
-    output channel, or a CT window nobody knows (every direction needs it: CT is either the input or the output).
-    """
-    origin = info.get("file") or "generator"
-    if spec is None:
-        if info.get("spec") is not None:
-            spec = info["spec"]
-        elif info.get("model_spec") is not None:
-            spec = ModelSpec.from_state(info["model_spec"])
-        else:
-            raise ContractError(origin, "no model contract: give spec= (a ModelSpec) or a checkpoint")
-    spec = spec.with_overrides(**dict(overrides or {})) if overrides else spec
-    if spec.network.out_channels != 1:
-        raise ContractError(origin, f"a generator with {spec.network.out_channels} output channels; volume "
-                                    "conversion writes one gray slice per slice")
-    for note in spec.notes:  # assumptions behind a version-1 contract are warnings; the rest is information
-        (logger.warning if spec.version < 2 else logger.info)("%s: %s", origin, note)
-    require_ct_window(spec, origin)
-    return spec
-
-
-def run_batch(
-    inputs: Sequence[str | os.PathLike],
-    output_dir: str | os.PathLike,
-    direction: str,
-    checkpoint: str | os.PathLike | None = None,
-    generator: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    *,
-    batch_size: int | None = None,
-    device: str | torch.device | None = "auto",
-    amp: bool = True,
-    overwrite: bool = False,
-    dicom: bool = False,
-    series_uid: str | None = None,
-    progress: bool = True,
-    qa_threshold: float = 0.90,
-    model_info: Mapping[str, Any] | None = None,
-    load_model: Callable[[str | os.PathLike, str, str], tuple[Any, dict]] | None = None,
-    stream: Any = None,
-    inferer: Any = None,
-    max_voxels: int | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-    rank: int | None = None,
-    world_size: int | None = None,
-    read_ahead: bool = True,
-    spec: ModelSpec | None = None,
-    contract_overrides: Mapping[str, Any] | None = None,
-    mask_background: bool = True,
-) -> int:
+def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, direction: str,
+              checkpoint: str | os.PathLike | None = None,
+              generator: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+              options: BatchOptions | None = None, **names: Any) -> int:
     """Convert every input with the generator of ``direction`` ("ct2mri" | "mri2ct"); returns the exit status
     (1 when any input failed, else 0).
 
-    The generator comes from ``checkpoint`` through ``load_model(path, direction, device) -> (module, info)``
-    (default ``ctmri_monai.networks.loading.load_generator``), or is given directly as ``generator`` with ``spec`` (or a
-    ``model_info`` holding it). The model's contract (`ModelSpec`) alone decides the preprocessing;
-    ``contract_overrides`` (``ct_window``, ``framing``, ``pixdim``, ``mri_percentiles``) replace parts of it, each
-    logged. A model whose contract cannot map HU (an unknown CT window) is refused before any input is read.
-    ``mask_background``: write air outside each input's head mask. Writes ``output_dir/summary.json`` and prints a
-    table to ``stream``.
+    The model: a `ConversionService` built once from ``checkpoint`` (through ``load_model(path, direction,
+    device) -> (module, info)`` when given), or ``generator`` with ``spec`` (or a ``model_info`` holding it), or a
+    ready ``service``. ``options`` (`BatchOptions`) or its fields by name (and those of `ConvertOptions`):
+    the model's contract alone decides the preprocessing; ``contract_overrides`` (``ct_window``, ``framing``,
+    ``pixdim``, ``mri_percentiles``) replace parts of it, each logged. A model whose contract cannot map HU (an
+    unknown CT window) is refused before any input is read. ``mask_background``: write air outside each input's
+    head mask. Writes ``output_dir/summary.json`` and prints a table to ``stream``.
     ``inferer``: the slice inferer to use (e.g. a bundle's ``inferer``), else the default ``SliceInferer``.
     ``max_voxels``: inputs with more voxels fail (checked from their headers, before reading pixel data).
     ``on_record``: called with each file's summary record as soon as the file is done (progress, monitoring).
@@ -194,21 +138,34 @@ def run_batch(
     ``read_ahead``: read the next input in a background thread while the current one is converted (at most
     two volumes in memory); its read errors are reported for that file as usual.
     """
+    service = names.pop("service", None)
+    opts = batch_options(options, **names)
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
-    if (checkpoint is None) == (generator is None):
-        raise ValueError("give exactly one of checkpoint and generator")
-    source, target = DIRECTIONS[direction]
-    stream = stream or sys.stdout
-    dev = resolve_device(device)
-    batch_size = default_batch_size(dev) if batch_size is None else int(batch_size)
-    out_dir = Path(output_dir)
+    if sum(x is not None for x in (checkpoint, generator, service)) != 1:
+        raise ValueError("give exactly one of checkpoint, generator and service")
+    dev = resolve_device(opts.convert.device if service is None else service.options.device)
+    batch_size = default_batch_size(dev) if opts.batch_size is None else int(opts.batch_size)
+    convert_options = opts.convert.replace(device=dev, batch_size=batch_size)
     if checkpoint is not None:  # before anything is written: a bad checkpoint leaves no output folder behind
-        generator, info = (load_model or _default_loader)(checkpoint, direction, str(dev))
-        model_info = info
-    info = dict(model_info or {})
-    spec = resolve_contract(spec, info, contract_overrides)
-    info.update(spec=spec, model_spec=spec.state_dict())
+        service = ConversionService.from_checkpoint(checkpoint, dev, opts.contract_overrides, convert_options,
+                                                    [direction], opts.load_model)
+    elif generator is not None:
+        service = ConversionService({direction: generator}, opts.spec, opts.model_info, convert_options,
+                                    opts.contract_overrides)
+    elif opts.batch_size is not None:
+        service.options = service.options.replace(batch_size=batch_size)
+    return convert_batch(service, inputs, output_dir, direction, opts)
+
+
+def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                  direction: str, opts: BatchOptions) -> int:
+    """`run_batch` with its model loaded: convert ``inputs`` with ``service``; returns the exit status."""
+    service.model(direction)  # refused before anything is written when the model has no such generator
+    stream = opts.stream or sys.stdout
+    dev, info, progress = service.options.device, service.info, opts.progress
+    dicom, overwrite, on_record = opts.dicom, opts.overwrite, opts.on_record
+    out_dir = Path(output_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a file where a parent folder should be
@@ -218,8 +175,8 @@ def run_batch(
     items = collect_inputs(inputs, exclude=[out_dir])
     names = output_names([p for p, _ in items], direction)  # from the full list: the same names on every rank
     env_rank, env_world = process_rank()
-    rank = env_rank if rank is None else int(rank)
-    world_size = env_world if world_size is None else int(world_size)
+    rank = env_rank if opts.rank is None else int(opts.rank)
+    world_size = env_world if opts.world_size is None else int(opts.world_size)
     summary_path = out_dir / "summary.json"
     if world_size > 1:
         items, names = shard_inputs(items, rank, world_size), shard_inputs(names, rank, world_size)
@@ -231,7 +188,8 @@ def run_batch(
     todo = {i for i, ((_, problem), (output, dicom_dir)) in enumerate(zip(items, outputs, strict=True))
             if problem is None and (overwrite or not output.exists() or (dicom_dir is not None
                                                                          and not dicom_dir.exists()))}
-    reader = _ReadAhead([items[i][0] for i in sorted(todo)], series_uid, max_voxels, enabled=read_ahead)
+    reader = _ReadAhead([items[i][0] for i in sorted(todo)], service.options.series_uid,
+                        service.options.max_voxels, enabled=opts.read_ahead)
     files_bar = _progress(len(items), progress, desc="volumes", unit="vol", position=0)
     for i, ((path, problem), (output, dicom_dir)) in enumerate(zip(items, outputs, strict=True)):
         record: dict[str, Any] = {"file": str(path), "output": str(output), "status": "failed", "shape": None,
@@ -247,11 +205,8 @@ def run_batch(
             t0 = time.perf_counter()
             try:
                 volume = reader.next(path)
-                result = convert_volume(
-                    path, output, generator, spec, source, target, batch_size=batch_size, device=dev, amp=amp,
-                    mask_background=mask_background, model_info=info, series_uid=series_uid, dicom_output_dir=dicom_dir,
-                    qa_threshold=qa_threshold, qa_dir=out_dir / "qa", progress=slices_bar, inferer=inferer,
-                    max_voxels=max_voxels, volume=volume)
+                result = service.convert_file(path, output, direction, dicom_output_dir=dicom_dir,
+                                              qa_dir=out_dir / "qa", progress=slices_bar, volume=volume)
                 del volume
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                 record["seconds"] = round(time.perf_counter() - t0, 3)
@@ -300,7 +255,8 @@ def run_batch(
 
 class BatchConverter:
     """`run_batch` as an object for MONAI bundle configs (e.g. the inference ``evaluator``): the arguments are
-    stored at construction and ``run()`` converts and returns the exit status. ``inputs`` may be one path."""
+    stored at construction and ``run()`` converts and returns the exit status. ``inputs`` may be one path; the
+    model is a ``checkpoint``, a ``network`` (with ``spec``) or a `ConversionService` (``service``)."""
 
     def __init__(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                  direction: str, checkpoint: str | os.PathLike | None = None,
@@ -311,7 +267,7 @@ class BatchConverter:
         self.status: int | None = None
 
     def run(self) -> int:
-        generator = None if self.checkpoint is not None else self.network
+        generator = None if self.checkpoint is not None or "service" in self.kwargs else self.network
         self.status = run_batch(self.inputs, self.output_dir, self.direction, checkpoint=self.checkpoint,
                                 generator=generator, **self.kwargs)
         return self.status

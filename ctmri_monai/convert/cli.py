@@ -10,16 +10,23 @@ from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.batch import run_batch
 from ctmri_monai.spec import FRAMINGS
 
-__all__ = ["add_convert_arguments", "contract_overrides", "main_convert"]
+__all__ = ["add_contract_arguments", "add_convert_arguments", "contract_overrides", "main_convert"]
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``ctmri convert``."""
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="NIfTI/.mha/.nrrd files, DICOM series folders, folders of those, or .txt lists")
-    parser.add_argument("--direction", required=True, choices=sorted(DIRECTIONS))
+    parser.add_argument("--direction", choices=sorted(DIRECTIONS),
+                        help="required for files; with --dicomweb the default is each series' Modality")
     parser.add_argument("--checkpoint", required=True, help="checkpoint .pt written by training")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", help="required for files")
+    parser.add_argument("--dicomweb", metavar="URL", default=None,
+                        help="a DICOMweb service (or file:///folder): retrieve --study by WADO-RS, store the "
+                             "derived series back by STOW-RS")
+    parser.add_argument("--study", metavar="UID", default=None, help="StudyInstanceUID to convert (--dicomweb)")
+    parser.add_argument("--series", metavar="UID", default=None,
+                        help="only this SeriesInstanceUID of --study (--dicomweb; default: every CT and MR series)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="slices per generator call (default: 16 on CUDA, 1 on the CPU)")
     parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (default)")
@@ -36,6 +43,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--no-mask-background", dest="mask_background", action="store_false",
                         help="keep what the generator writes outside the input's head mask (default: air there)")
+    return add_contract_arguments(parser)
+
+
+def add_contract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The contract overrides (``--ct-window``, ``--framing``, ``--pixdim``) of every command that converts."""
     contract = parser.add_argument_group("contract overrides (each replaces what the checkpoint recorded; logged)")
     contract.add_argument("--ct-window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
                           help="HU range the CT training images were exported with (level 40 / width 120: -20 100)")
@@ -52,8 +64,52 @@ def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _dicomweb_client(url: str) -> Any:
+    """dicomweb-client's HTTP client, or its serverless file client for ``file://`` URLs."""
+    if url.startswith("file://"):
+        from dicomweb_client import DICOMfileClient
+
+        return DICOMfileClient(url=url, update_db=True)
+    from dicomweb_client import DICOMwebClient
+
+    return DICOMwebClient(url=url)
+
+
+def main_dicomweb(args: argparse.Namespace) -> int:
+    """``ctmri convert --dicomweb URL --study UID [--series UID]``: convert through the service, store back."""
+    import json
+
+    from ctmri_monai.convert.dicomweb import convert_dicomweb
+    from ctmri_monai.convert.options import ConvertOptions
+    from ctmri_monai.convert.service import ConversionService
+
+    if not args.study:
+        print("ctmri convert: error: --dicomweb needs --study UID", file=sys.stderr)
+        return 2
+    try:
+        options = ConvertOptions(amp=args.amp, qa_threshold=args.qa_threshold, max_voxels=args.max_voxels,
+                                 mask_background=args.mask_background, **(
+                                     {"batch_size": args.batch_size} if args.batch_size else {}))
+        service = ConversionService.from_checkpoint(args.checkpoint, args.device, contract_overrides(args), options)
+        records = convert_dicomweb(_dicomweb_client(args.dicomweb), service, args.study, args.series,
+                                   args.direction)
+    except (ValueError, OSError) as exc:
+        print(f"ctmri convert: error: {exc}", file=sys.stderr)
+        return 2
+    for record in records:
+        print(json.dumps(record, default=str))
+    return 1 if any(r["status"] != "ok" for r in records) or not records else 0
+
+
 def main_convert(args: argparse.Namespace) -> int:
     """Run ``ctmri convert`` from parsed arguments; returns the exit status (2: model not loadable)."""
+    if getattr(args, "dicomweb", None):
+        return main_dicomweb(args)
+    missing = [name for name, value in (("INPUT", args.inputs), ("--direction", args.direction),
+                                        ("--output-dir", args.output_dir)) if not value]
+    if missing:
+        print(f"ctmri convert: error: converting files needs {', '.join(missing)}", file=sys.stderr)
+        return 2
     try:
         return run_batch(
             args.inputs, args.output_dir, args.direction, checkpoint=args.checkpoint,

@@ -5,6 +5,9 @@ source intensity, in-plane framing) -> generator over axial slices (or 2k + 1 sl
 ``SliceInferer``) -> background outside the input's head mask -> MONAI inverse of framing and orientation ->
 target intensity (synthetic CT in HU through the model's window as int16, synthetic MRI as float32 in [-1, 1]) ->
 NIfTI with the input's shape and affine, marked SYNTHETIC with its valid range.
+
+`convert_loaded` does everything in memory (the service object and the DICOM node use it); `write_converted`
+writes its NIfTI and DICOM outputs; `convert_volume` is both, for one file.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 import torch
-from monai.inferers import SliceInferer
 
 from ctmri_monai import DOMAINS
+from ctmri_monai.convert.options import ConvertOptions, split_options
 from ctmri_monai.convert.qa import consistency_report, save_montage
 from ctmri_monai.engines.slices import translate_volume, valid_range
 from ctmri_monai.io.errors import InputError
@@ -57,46 +62,42 @@ def _axial_slice_numbers(volume: Volume, axcodes: str, depth: int) -> tuple[int 
     return j, [depth - 1 - k if flip else k for k in range(depth)]
 
 
-def convert_volume(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    generator: Callable[[torch.Tensor], torch.Tensor],
-    spec: ModelSpec,
-    source: str = "ct",
-    target: str = "mri",
-    *,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    amp: bool = True,
-    mask_background: bool = True,
-    model_info: Mapping[str, Any] | None = None,
-    series_uid: str | None = None,
-    dicom_output_dir: str | os.PathLike | None = None,
-    qa_threshold: float = 0.90,
-    qa_dir: str | os.PathLike | None = None,
-    progress: Any = None,
-    inferer: SliceInferer | None = None,
-    max_voxels: int | None = None,
-    volume: Volume | None = None,
-) -> dict[str, Any]:
-    """Convert one volume slice by slice with ``generator`` ((B, 2k + 1, S, S) in [-1, 1] -> (B, 1, S, S)) on the
-    data contract ``spec``, and write ``output_path`` (NIfTI) on exactly the input's grid; optionally a synthetic
-    DICOM series and a QA montage.
-
-    ``mask_background``: write background (air) outside the input's head mask, where the generator can only
-    invent tissue. ``progress``: an object with ``update(n)`` (e.g. a tqdm bar) advanced per slice. ``inferer``: a
-    ``SliceInferer`` over ``spatial_dim=0`` (see `infer_slices`). ``max_voxels``: refuse larger volumes (from the
-    header). ``volume``: ``input_path`` already loaded with `load_volume` (a batch reads the next file ahead).
-    Returns a dict: input, output, direction, shape, slices, seconds, timings, qa, warnings, value_range,
-    dicom_output, dicom_series_uid. Bad input raises `InputError` or `ContractError` naming the file; nothing is
-    left behind then.
-    """
-    t_start = time.perf_counter()
+def _check_route(source: str, target: str, spec: ModelSpec, model_info: Mapping[str, Any] | None) -> None:
     if source not in DOMAINS or target not in DOMAINS:
         raise ValueError(f"source and target must be in {DOMAINS}, got {source!r}, {target!r}")
     if target == "ct":
         require_ct_window(spec, (model_info or {}).get("file", "model"))
-    device = torch.device(device)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A generator with its data contract and what outputs record about it (`networks.loading.model_info`)."""
+
+    generator: Callable[[torch.Tensor], torch.Tensor]
+    spec: ModelSpec
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Converted:
+    """A conversion in memory: the synthetic ``array`` on the input's grid, the input ``volume`` (its image freed)
+    and the ``report`` (direction, shape, slices, timings, qa, warnings, value_range, background_masked,
+    description)."""
+
+    array: np.ndarray
+    volume: Volume
+    report: dict[str, Any]
+    started: float = 0.0
+
+
+def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, source: str, target: str,
+                   options: ConvertOptions, progress: Any = None, montage: Path | None = None) -> Converted:
+    """Convert a loaded ``volume`` (from ``input_path``, named in errors) in memory; with ``montage`` also write
+    the QA montage there. Bad input raises `InputError` or `ContractError`."""
+    t_start = time.perf_counter()
+    spec = model.spec
+    _check_route(source, target, spec, model.info)
+    device = torch.device(options.device)
     timings: dict[str, float] = {}
 
     def lap(name: str, since: float) -> float:
@@ -104,16 +105,13 @@ def convert_volume(
         timings[name] = round(now - since, 4)
         return now
 
-    if volume is None:
-        volume = load_volume(input_path, series_uid=series_uid, max_voxels=max_voxels)
-    if dicom_output_dir is not None and volume.kind != "dicom":
-        raise InputError(input_path, "DICOM output needs a DICOM series input")
     warnings = volume.warnings + check_contract(input_path, volume.image, spec, source)
     t = lap("load", t_start)
 
-    translation = translate_volume(input_path, volume.image, generator, spec, source, target, batch_size=batch_size,
-                                   device=device, amp=amp, mask_background=mask_background, progress=progress,
-                                   inferer=inferer)
+    translation = translate_volume(input_path, volume.image, model.generator, spec, source, target,
+                                   batch_size=options.batch_size, device=device, amp=options.amp,
+                                   mask_background=options.mask_background, progress=progress,
+                                   inferer=options.inferer)
     volume.image = None  # type: ignore[assignment]  # free the float32 copy of the input
     warnings += translation.warnings
     timings.update(translation.timings)
@@ -121,27 +119,45 @@ def convert_volume(
 
     axis, numbers = _axial_slice_numbers(volume, spec.geometry.axcodes, int(translation.source_unit.shape[-1]))
     source_unit, fake_unit = translation.source_unit, translation.fake_unit
-    qa = consistency_report(source_unit, fake_unit, qa_threshold, slice_index=numbers,
+    qa = consistency_report(source_unit, fake_unit, options.qa_threshold, slice_index=numbers,
                             source_mask=translation.source_mask)
     qa["slice_axis"] = axis
-    if qa_dir is not None:
-        montage = Path(qa_dir) / f"{path_stem(output_path)}_qa.png"
+    if montage is not None:
         try:
             qa["montage"] = str(save_montage(source_unit, fake_unit, montage, qa, numbers, spec.geometry.axcodes,
                                              spacing=translation.spacing))
         except OSError as exc:
             raise output_error(montage, exc) from exc
-    t = lap("qa", t)
+    lap("qa", t)
 
     array = translation.output
     del translation
 
     value_range = valid_range(spec, target)
-    description = synthetic_description(source, target, model_info, value_range)
+    report: dict[str, Any] = dict(
+        direction=f"{source}2{target}",
+        shape=list(volume.shape),
+        slices=int(array.shape[axis]) if axis is not None else None,
+        timings=timings,
+        qa=qa,
+        warnings=warnings,
+        value_range=value_range,
+        background_masked=bool(options.mask_background),
+        description=synthetic_description(source, target, model.info, value_range),
+    )
+    return Converted(array, volume, report, t_start)
+
+
+def write_converted(converted: Converted, output_path: str | os.PathLike, dicom_output_dir: str | os.PathLike | None,
+                    model_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write the NIfTI (and, with ``dicom_output_dir``, the derived DICOM series) of ``converted``, all or nothing;
+    returns {"output", "dicom_output", "dicom_series_uid"}."""
+    array, volume, report = converted.array, converted.volume, converted.report
+    source, target = report["direction"].split("2")
     result: dict[str, Any] = {"dicom_output": None, "dicom_series_uid": None}
     output: Path | None = None
     try:
-        output = write_nifti(nifti_image_like(array, volume, description), output_path)
+        output = write_nifti(nifti_image_like(array, volume, report["description"]), output_path)
         if dicom_output_dir is not None:
             from ctmri_monai.io.dicom_write import write_dicom_series
 
@@ -153,23 +169,57 @@ def convert_volume(
     except Exception:
         if output is not None:
             output.unlink(missing_ok=True)  # all or nothing: no NIfTI without its DICOM series
-        if qa.get("montage"):
-            Path(qa["montage"]).unlink(missing_ok=True)
+        if report["qa"].get("montage"):
+            Path(report["qa"]["montage"]).unlink(missing_ok=True)
         raise
-    lap("write", t)
-
-    result.update(
-        input=str(input_path),
-        output=str(output),
-        direction=f"{source}2{target}",
-        shape=list(volume.shape),
-        slices=int(array.shape[axis]) if axis is not None else None,
-        seconds=round(time.perf_counter() - t_start, 3),
-        timings=timings,
-        qa=qa,
-        warnings=warnings,
-        value_range=value_range,
-        background_masked=bool(mask_background),
-        description=description,
-    )
+    result["output"] = str(output)
     return result
+
+
+_CALL_NAMES = ("model_info", "dicom_output_dir", "qa_dir", "progress", "volume")
+
+
+def convert_volume(input_path: str | os.PathLike, output_path: str | os.PathLike,
+                   generator: Callable[[torch.Tensor], torch.Tensor], spec: ModelSpec, source: str = "ct",
+                   target: str = "mri", options: ConvertOptions | None = None, **names: Any) -> dict[str, Any]:
+    """Convert one volume slice by slice with ``generator`` ((B, 2k + 1, S, S) in [-1, 1] -> (B, 1, S, S)) on the
+    data contract ``spec``, and write ``output_path`` (NIfTI) on exactly the input's grid; optionally a synthetic
+    DICOM series and a QA montage.
+
+    ``options`` (`ConvertOptions`), or its fields by name (batch_size, device, amp, mask_background, qa_threshold,
+    max_voxels, series_uid, inferer). Further names: ``model_info``; ``dicom_output_dir``; ``qa_dir`` (the montage
+    folder); ``progress`` (an object with ``update(n)``, e.g. a tqdm bar, advanced per slice); ``volume``
+    (``input_path`` already loaded with `load_volume`, e.g. read ahead by a batch).
+    Returns a dict: input, output, direction, shape, slices, seconds, timings, qa, warnings, value_range,
+    dicom_output, dicom_series_uid. Bad input raises `InputError` or `ContractError` naming the file; nothing is
+    left behind then.
+    """
+    t_start = time.perf_counter()
+    options, call = split_options(options, **names)
+    unknown = sorted(set(call) - set(_CALL_NAMES))
+    if unknown:
+        raise TypeError(f"convert_volume() got unexpected keyword argument(s) {', '.join(unknown)}")
+    model_info, dicom_output_dir = call.get("model_info"), call.get("dicom_output_dir")
+    _check_route(source, target, spec, model_info)  # before anything is read
+    volume = call.get("volume")
+    if volume is None:
+        volume = load_volume(input_path, series_uid=options.series_uid, max_voxels=options.max_voxels)
+    if dicom_output_dir is not None and volume.kind != "dicom":
+        raise InputError(input_path, "DICOM output needs a DICOM series input")
+    qa_dir = call.get("qa_dir")
+    montage = Path(qa_dir) / f"{path_stem(output_path)}_qa.png" if qa_dir is not None else None
+    converted = convert_loaded(input_path, volume, Model(generator, spec, model_info or {}), source, target,
+                               options, call.get("progress"), montage)
+    converted.report["timings"]["load"] = round(converted.report["timings"]["load"] + converted.started - t_start,
+                                                4)
+    t = time.perf_counter()
+    written = write_converted(converted, output_path, dicom_output_dir, model_info)
+    report = converted.report
+    report["timings"]["write"] = round(time.perf_counter() - t, 4)
+    del converted
+    return {"dicom_output": written["dicom_output"], "dicom_series_uid": written["dicom_series_uid"],
+            "input": str(input_path), "output": written["output"], "direction": report["direction"],
+            "shape": report["shape"], "slices": report["slices"], "seconds": round(time.perf_counter() - t_start, 3),
+            "timings": report["timings"], "qa": report["qa"], "warnings": report["warnings"],
+            "value_range": report["value_range"], "background_masked": report["background_masked"],
+            "description": report["description"]}

@@ -19,8 +19,11 @@ import SimpleITK as sitk
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.preconditions import check_dicom_geometry
 
-__all__ = ["READABLE_TRANSFER_SYNTAXES", "DicomSeries", "scan_dicom_folder", "select_dicom_series",
-           "transfer_syntax", "undecodable_slice"]
+__all__ = ["READABLE_TRANSFER_SYNTAXES", "SOFTWARE", "DicomSeries", "SyntheticSeriesError", "scan_dicom_folder",
+           "select_dicom_series", "synthetic_origin", "transfer_syntax", "undecodable_slice"]
+
+#: The name this software writes as contributing equipment into every derived series.
+SOFTWARE = "ctmri-monai"
 
 #: Transfer syntaxes SimpleITK's GDCM decodes: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000.
 READABLE_TRANSFER_SYNTAXES = {
@@ -39,6 +42,25 @@ READABLE_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.5": "RLE Lossless",
 }
 
+
+class SyntheticSeriesError(InputError):
+    """A series that is synthetic already (SyntheticData YES) or was made by this software: never converted again,
+    so that a router that sends every new series back to the converter cannot loop."""
+
+
+def synthetic_origin(ds: Any) -> str | None:
+    """Why a DICOM header must not be converted again, or None: it says SyntheticData YES, or a
+    ContributingEquipmentSequence item (or an older derived series' SoftwareVersions) names this software."""
+    if str(ds.get("SyntheticData", "")).upper() == "YES":
+        return "already synthetic (SyntheticData YES)"
+    for item in ds.get("ContributingEquipmentSequence", None) or []:
+        if str(item.get("Manufacturer", "")) == SOFTWARE:
+            return f"made by {SOFTWARE} (ContributingEquipmentSequence)"
+    image_type = ds.get("ImageType", [])
+    image_type = [image_type] if isinstance(image_type, str) else list(image_type)
+    if str(ds.get("SoftwareVersions", "")).startswith(SOFTWARE) and "DERIVED" in image_type:
+        return f"made by {SOFTWARE} (a derived series with SoftwareVersions {ds.SoftwareVersions})"
+    return None
 
 
 @dataclass
@@ -168,6 +190,10 @@ def select_dicom_series(folder: str | os.PathLike, series_uid: str | None = None
     if series_uid is not None and series_uid not in series:
         raise InputError(folder, f"no series {series_uid}; the folder holds:\n{listing}")
     s = series[series_uid or next(iter(series))]
+    origin = synthetic_origin(s.headers[0])
+    if origin is not None:
+        raise SyntheticSeriesError(folder, f"series {s.uid} is {origin}; refused, a synthetic series is never "
+                                           "converted again")
     order = [str(Path(f)) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s.uid)]
     by_file = {str(Path(f)): h for f, h in zip(s.files, s.headers, strict=True)}
     if sorted(order) == sorted(by_file):

@@ -8,7 +8,10 @@ into a temporary folder that replaces ``folder`` when complete (`ctmri_monai.io.
 `write_dicom_series` writes a converted volume as a new, derived series next to its source series (same study).
 Per slice, the geometry (position, orientation, pixel spacing, thickness) comes from the source slice the output
 slice lies on. New SeriesInstanceUID and SOPInstanceUIDs; ImageType DERIVED\\SECONDARY; SeriesDescription
-starting with "SYNTHETIC". Kept from the source: the study identification (StudyInstanceUID, date, time, ID,
+starting with "SYNTHETIC"; SyntheticData (0008,001C) YES and a ContributingEquipmentSequence naming this software,
+its version and the model file's SHA-256 (so that a PACS, a viewer and this software itself know the series is
+not an acquisition: `ctmri_monai.io.dicom_series.synthetic_origin` refuses to convert it again).
+Kept from the source: the study identification (StudyInstanceUID, date, time, ID,
 accession number, so PACS files the series next to the source), the frame of reference, and only the patient
 fields a derived series of the same study needs (PatientName, PatientID, PatientBirthDate, PatientSex). Nothing
 else is copied: no names of physicians or operators (ReferringPhysicianName, Type 2, is written empty), no
@@ -22,12 +25,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import correct_ambiguous_vr, write_dataset
@@ -36,9 +40,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, 
 
 from ctmri_monai import __version__
 from ctmri_monai.io.atomic import atomic_directory
-from ctmri_monai.io.dicom_series import DicomSeries
+from ctmri_monai.io.dicom_series import SOFTWARE, DicomSeries
 
-__all__ = ["write_dicom_series", "write_slices"]
+__all__ = ["DerivedSeries", "derive_series", "write_dicom_series", "write_slices"]
 
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 STUDY_KEYWORDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber")
@@ -76,6 +80,14 @@ def write_slices(folder: str | os.PathLike, template: Dataset, per_slice: Sequen
                          f"{pixels.shape}")
     if not len(per_slice) == len(names) == pixels.shape[0]:
         raise ValueError(f"{pixels.shape[0]} slices, {len(per_slice)} per-slice datasets and {len(names)} names")
+    with atomic_directory(folder) as tmp:
+        for name, ds in zip(names, _slice_datasets(template, per_slice, pixels), strict=True):
+            ds.save_as(tmp / name, enforce_file_format=True)
+    return [Path(folder) / name for name in names]
+
+
+def _slice_datasets(template: Dataset, per_slice: Sequence[Dataset], pixels: np.ndarray) -> Iterator[Dataset]:
+    """The datasets `write_slices` writes, one at a time (the template encoded once, see `write_slices`)."""
     if "SOPClassUID" not in template:
         raise ValueError("the template needs a SOPClassUID")
     head = copy.deepcopy(template)  # the caller's template stays as it was
@@ -86,20 +98,20 @@ def write_slices(folder: str | os.PathLike, template: Dataset, per_slice: Sequen
     head.PixelRepresentation = int(pixels.dtype == np.int16)
     static = _encoded_once(head)
     encoded, charset = dict(static.items()), static.original_character_set
-    meta = FileMetaDataset()  # dcmwrite copies it and adds each slice's MediaStorageSOPInstanceUID
-    meta.MediaStorageSOPClassUID = template.SOPClassUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
     little = pixels.dtype.newbyteorder("<")
-    with atomic_directory(folder) as tmp:
-        for own, name, plane in zip(per_slice, names, pixels, strict=True):
-            ds = Dataset(dict(encoded))
-            ds.set_original_encoding(False, True, charset)
-            ds.file_meta = meta
-            ds.update(own)
-            ds.PixelData = plane.astype(little, copy=False).tobytes()
-            ds["PixelData"].VR = "OW"
-            ds.save_as(tmp / name, enforce_file_format=True)
-    return [Path(folder) / name for name in names]
+    for own, plane in zip(per_slice, pixels, strict=True):
+        ds = Dataset(dict(encoded))
+        ds.set_original_encoding(False, True, charset)
+        ds.preamble = b"\x00" * 128
+        ds.file_meta = FileMetaDataset()  # complete, so the dataset can travel as it is (C-STORE, STOW-RS)
+        ds.file_meta.MediaStorageSOPClassUID = template.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = own.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        validate_file_meta(ds.file_meta, enforce_standard=True)  # the version and implementation elements
+        ds.update(own)
+        ds.PixelData = plane.astype(little, copy=False).tobytes()
+        ds["PixelData"].VR = "OW"
+        yield ds
 
 
 # ----------------------------------------------------------------------------------- converted-volume series
@@ -133,8 +145,24 @@ def _pixels(volume: np.ndarray, target: str) -> tuple[np.ndarray, dict[str, Any]
     return np.ascontiguousarray(stored), attrs
 
 
+def _contribution(model_info: Mapping[str, Any], target: str, now: dt.datetime) -> Dataset:
+    """One ContributingEquipmentSequence item: this software (name, version) as modifying equipment, the model
+    file as the model name, its SHA-256 in the description."""
+    item = Dataset()
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "109103", "DCM", "Modifying Equipment"
+    item.PurposeOfReferenceCodeSequence = DicomSequence([code])
+    item.Manufacturer = SOFTWARE
+    item.ManufacturerModelName = Path(str(model_info.get("file") or "unknown")).name[:64]
+    item.SoftwareVersions = f"{SOFTWARE} {__version__}"
+    item.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = (f"synthetic {target.upper()} by a CycleGAN generator; model sha256 "
+                                    f"{model_info.get('sha256') or 'unknown'}")[:1024]
+    return item
+
+
 def _series_template(src: Dataset, attrs: dict[str, Any], target: str, series_uid: str, description: str,
-                     derivation: str, now: dt.datetime) -> Dataset:
+                     derivation: str, now: dt.datetime, equipment: Mapping[str, Any]) -> Dataset:
     """The elements every slice of the derived series shares, from the first source header."""
     ds = Dataset()
     if "SpecificCharacterSet" in src:
@@ -154,11 +182,13 @@ def _series_template(src: Dataset, attrs: dict[str, Any], target: str, series_ui
     ds.SeriesDate, ds.SeriesTime = date, time_
     ds.ContentDate, ds.ContentTime = date, time_
     ds.Manufacturer = ""
-    ds.SoftwareVersions = f"ctmri-monai {__version__}"
+    ds.SoftwareVersions = f"{SOFTWARE} {__version__}"
     ds.FrameOfReferenceUID = src.get("FrameOfReferenceUID", None) or generate_uid()
     ds.PositionReferenceIndicator = src.get("PositionReferenceIndicator", "")
     ds.DerivationDescription = derivation
     ds.BurnedInAnnotation = "NO"
+    ds.SyntheticData = "YES"
+    ds.ContributingEquipmentSequence = DicomSequence([_contribution(equipment, target, now)])
     if target == "ct":
         ds.KVP = ""
         ds.AcquisitionNumber = ""
@@ -187,19 +217,30 @@ def _slice_elements(src: Dataset, number: int) -> Dataset:
     return ds
 
 
-def write_dicom_series(
-    volume: np.ndarray,
-    series: DicomSeries | None,
-    output_dir: str | os.PathLike,
-    source: str,
-    target: str,
-    model_info: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write ``volume`` ((X, Y, Z) on the source series' grid: X = columns, Y = rows, Z = the series' slice
-    order) as a new series in ``output_dir``, written to a temporary folder and renamed when complete.
+@dataclass
+class DerivedSeries:
+    """A derived series in memory: the shared ``template``, the ``per_slice`` elements, the stored ``pixels``
+    (slices, rows, columns) and the file ``names``; `datasets` gives the full datasets, `write` the files."""
 
-    Returns {"folder", "series_uid", "files"}.
-    """
+    series_uid: str
+    template: Dataset
+    per_slice: list[Dataset]
+    pixels: np.ndarray
+    names: list[str]
+
+    def datasets(self) -> Iterator[Dataset]:
+        """Each slice's full dataset (with file meta), one at a time, exactly as `write` would write it."""
+        return _slice_datasets(self.template, self.per_slice, self.pixels)
+
+    def write(self, folder: str | os.PathLike) -> list[Path]:
+        """Write the series into ``folder`` (replaced atomically when complete)."""
+        return write_slices(folder, self.template, self.per_slice, self.pixels, self.names)
+
+
+def derive_series(volume: np.ndarray, series: DicomSeries | None, source: str, target: str,
+                  model_info: Mapping[str, Any] | None = None) -> DerivedSeries:
+    """The new series of ``volume`` ((X, Y, Z) on the source series' grid: X = columns, Y = rows, Z = the series'
+    slice order), in memory (see the module docstring for what it holds)."""
     if series is None or not series.files:
         raise ValueError("DICOM output needs the source DICOM series")
     volume = np.asarray(volume)
@@ -209,7 +250,6 @@ def write_dicom_series(
     for src_file, src in zip(series.files, headers, strict=True):
         if (int(src.Rows), int(src.Columns)) != (volume.shape[1], volume.shape[0]):
             raise ValueError(f"{src_file}: slice size {src.Rows}x{src.Columns} differs from the volume's")
-    out_dir = Path(output_dir)
     series_uid = generate_uid()
     info = model_info or {}
     derivation = (f"Synthetic {target.upper()} made slice-wise by a CycleGAN generator from {source.upper()}"
@@ -217,9 +257,23 @@ def write_dicom_series(
                   f" sha256 {str(info.get('sha256') or 'unknown')[:12]}. Not an acquisition.")[:1024]
     pixels, attrs = _pixels(volume, target)
     template = _series_template(headers[0], attrs, target, series_uid, _series_description(source, target, info),
-                                derivation, dt.datetime.now())
+                                derivation, dt.datetime.now(), info)
     per_slice = [_slice_elements(src, int(src.get("InstanceNumber", k + 1) or k + 1))
                  for k, src in enumerate(headers)]
     names = [f"{k + 1:04d}.dcm" for k in range(len(headers))]
-    files = write_slices(out_dir, template, per_slice, pixels, names)
-    return {"folder": out_dir, "series_uid": series_uid, "files": [str(f) for f in files]}
+    return DerivedSeries(series_uid, template, per_slice, pixels, names)
+
+
+def write_dicom_series(
+    volume: np.ndarray,
+    series: DicomSeries | None,
+    output_dir: str | os.PathLike,
+    source: str,
+    target: str,
+    model_info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``volume`` (see `derive_series`) as a new series in ``output_dir``, written to a temporary folder and
+    renamed when complete. Returns {"folder", "series_uid", "files"}."""
+    derived = derive_series(volume, series, source, target, model_info)
+    files = derived.write(output_dir)
+    return {"folder": Path(output_dir), "series_uid": derived.series_uid, "files": [str(f) for f in files]}

@@ -1,0 +1,55 @@
+"""Conversion over DICOMweb: WADO-RS in, the `ConversionService`, STOW-RS out.
+
+Written against dicomweb-client's client protocol (`dicomweb_client.protocol.DICOMClient`: ``search_for_series``,
+``retrieve_series``, ``store_instances``), so the HTTP client (``DICOMwebClient``) and the serverless file client
+(``DICOMfileClient``) both work. Each series of the study (or the one asked for) is retrieved into a temporary
+folder, converted through the service (direction from its Modality unless given) and stored back into the same
+study; refusals (a synthetic series, a contract that cannot describe it) are reported per series and the others
+go on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ctmri_monai.convert.service import ConversionService
+from ctmri_monai.io.errors import CtmriError
+
+__all__ = ["SERIES_UID_TAG", "convert_dicomweb"]
+
+SERIES_UID_TAG, MODALITY_TAG = "0020000E", "00080060"
+
+
+def _value(item: dict[str, Any], tag: str) -> str:
+    values = item.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+def convert_dicomweb(client: Any, service: ConversionService, study_uid: str, series_uid: str | None = None,
+                     direction: str | None = None) -> list[dict[str, Any]]:
+    """Convert the image series of ``study_uid`` (or only ``series_uid``) found through ``client`` and store each
+    derived series back; returns one record per series: series, status (ok | failed | skipped), output series
+    UID or error."""
+    if series_uid is not None:
+        wanted = [series_uid]
+    else:
+        found = client.search_for_series(study_instance_uid=study_uid)
+        wanted = [_value(s, SERIES_UID_TAG) for s in found if _value(s, MODALITY_TAG) in ("CT", "MR")]
+    records = []
+    for uid in wanted:
+        record: dict[str, Any] = {"series": uid, "status": "failed", "output_series_uid": None, "error": None}
+        with tempfile.TemporaryDirectory(prefix="ctmri-dicomweb-") as tmp:
+            try:
+                for k, ds in enumerate(client.retrieve_series(study_uid, uid)):
+                    ds.save_as(Path(tmp) / f"{k:05d}.dcm", enforce_file_format=True)
+                result = service.convert_series(tmp, direction, series_uid=uid)
+                client.store_instances(list(result.derived.datasets()), study_instance_uid=study_uid)
+            except CtmriError as exc:
+                record["error"] = f"series {uid}: {exc.problem}"
+            else:
+                record.update(status="ok", output_series_uid=result.derived.series_uid,
+                              direction=result.converted.report["direction"], qa=result.converted.report["qa"])
+        records.append(record)
+    return records
