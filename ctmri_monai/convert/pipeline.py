@@ -87,9 +87,9 @@ def convert_volume(
     invent tissue. ``progress``: an object with ``update(n)`` (e.g. a tqdm bar) advanced per slice. ``inferer``: a
     ``SliceInferer`` over ``spatial_dim=0`` (see `infer_slices`). ``max_voxels``: refuse larger volumes (from the
     header). ``volume``: ``input_path`` already loaded with `load_volume` (a batch reads the next file ahead).
-    Returns a dict: input, output, direction, shape, slices, seconds, timings, qa, warnings, value_range,
-    dicom_output, dicom_series_uid. Bad input raises `InputError` or `ContractError` naming the file; nothing is
-    left behind then.
+    Returns a dict: input, output, direction, shape, slices, seconds, timings, qa (with the domain ``gap``),
+    warnings, value_range, dicom_output, dicom_series_uid. Bad input raises `InputError` or `ContractError` naming
+    the file; nothing is left behind then.
     """
     t_start = time.perf_counter()
     if source not in DOMAINS or target not in DOMAINS:
@@ -124,6 +124,7 @@ def convert_volume(
     qa = consistency_report(source_unit, fake_unit, qa_threshold, slice_index=numbers,
                             source_mask=translation.source_mask)
     qa["slice_axis"] = axis
+    qa["gap"] = translation.gap  # the domain gap (ctmri_monai.transforms.gap): in the montage and summary.json
     if qa_dir is not None:
         montage = Path(qa_dir) / f"{path_stem(output_path)}_qa.png"
         try:
