@@ -153,7 +153,9 @@ class SliceGeometry:
 
     def describe(self) -> str:
         how = {"spacing": f"resampled to {self.pixdim[0]:g} x {self.pixdim[1]:g} mm, centre crop/pad"
-               if self.pixdim else "", "fit": "field of view fitted (longer side), padded",
+               if self.pixdim else "",
+               "fit": "field of view fitted (longer side), padded" if self.frame_by == "field_of_view" else
+               "fitted (2D images: field of view; volumes: head at the training head size), padded",
                "crop": "native pixel size, centre crop/pad", "resize_crop": "shorter side scaled, centre crop"}
         ctx = f", {self.channels} slices of context" if self.context_slices else ""
         return f"{self.image_size} x {self.image_size} px, {how[self.framing]}{ctx}"

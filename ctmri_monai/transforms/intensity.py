@@ -5,7 +5,7 @@ forms below are the same formula for arrays). MRI has no absolute scale: ``MRINo
 lower / upper percentiles to -1 / +1. 8-bit image files map [0, 255] to [-1, 1].
 
 When the training MRI normalisation is unknown (8-bit images nobody described), percentiles alone leave a volume's
-in-head distribution wherever its gain, offset and gamma put it. `NyulStandardize` then maps the volume's in-head
+in-head distribution wherever its gain, offset and gamma put it. `NyulStandardize` then maps the volume's framed in-head
 quantiles at ``NYUL_LEVELS`` piecewise linearly onto the training images' (Nyul and Udupa's histogram
 standardisation), with -1 and +1 pinned. Not taken from elsewhere: MONAI has only histogram *equalisation*
 (``HistogramNormalize``); TorchIO's ``HistogramStandardization`` and ``intensity-normalization``'s ``NyulNormalize``
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, ScaleIntensityRanged, Transform
+from monai.transforms import MapTransform, ScaleIntensityRanged, Transform
 
 from ctmri_monai.io.errors import ContractError, InputError
 from ctmri_monai.spec import NYUL_LEVELS, ModelSpec
@@ -173,18 +173,13 @@ def require_ct_window(spec: ModelSpec, origin: Any = "model") -> tuple[float, fl
     return spec.ct.window
 
 
-def volume_intensity(spec: ModelSpec, domain: str, keys: KeysCollection,
-                     mask_key: str | None = None) -> MapTransform | Compose:
+def volume_intensity(spec: ModelSpec, domain: str, keys: KeysCollection) -> MapTransform:
     """The contract's intensity mapping of a volume of ``domain`` (a `ModelSpec`): CT through its HU window,
-    MRI by its foreground percentiles, then, with a head mask under ``mask_key`` and an unknown training
-    normalisation, standardised onto the training landmarks (`mri_standardisation`). A CT window nobody declared
-    is a `ContractError`."""
+    MRI by its foreground percentiles (standardised onto the training landmarks after framing, where the head is
+    known: `ctmri_monai.transforms.pipelines.volume_pipeline`). A CT window nobody declared is a `ContractError`."""
     if domain == "ct":
         lo, hi = require_ct_window(spec, "model_spec")
         return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)
     if domain == "mri":
-        landmarks = mri_standardisation(spec) if mask_key else None
-        if landmarks is None:
-            return MRINormalized(keys, spec.mri.percentiles)
-        return Compose([MRINormalized(keys, spec.mri.percentiles), NyulStandardized(keys, landmarks, mask_key)])
+        return MRINormalized(keys, spec.mri.percentiles)
     raise ValueError(f"unknown domain {domain!r}; expected 'ct' or 'mri'")

@@ -20,7 +20,12 @@ from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, Orientat
 from ctmri_monai.io.errors import ContractError
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.checks import CheckImaged
-from ctmri_monai.transforms.intensity import unit_from_eight_bit, volume_intensity
+from ctmri_monai.transforms.intensity import (
+    NyulStandardized,
+    mri_standardisation,
+    unit_from_eight_bit,
+    volume_intensity,
+)
 from ctmri_monai.transforms.loading import LoadVolumed, SafeLoadImaged, pil_to_gray
 from ctmri_monai.transforms.mask import HeadMaskd
 from ctmri_monai.transforms.spatial import HORIZONTAL_FLIP_AXIS, InPlaneFramed
@@ -76,8 +81,8 @@ def volume_pipeline(spec: ModelSpec, domain: str, keys: KeysCollection = ("image
     Orientation ``spec.geometry.axcodes`` (default "PLS": axial slices along the last axis, upright in the
     radiological convention like the 2D images), the contract's intensity mapping, then the in-plane framing.
     ``head_key`` (one image key only): also the input's head mask from its own units (`HeadMaskd`, +1 / -1), framed
-    like the image; it lets "fit" models frame by the head and unknown MRI normalisations be standardised onto the
-    training landmarks (`volume_intensity`).
+    like the image; it lets "fit" models frame by the head and, after framing, MRI of an unknown training
+    normalisation be standardised onto the training landmarks (`NyulStandardized`).
     """
     keys = _keys(keys)
     geometry = spec.geometry
@@ -93,9 +98,12 @@ def volume_pipeline(spec: ModelSpec, domain: str, keys: KeysCollection = ("image
         steps.append(HeadMaskd(keys[0], domain, head_key))
         framed = [*keys, head_key]
     steps += [
-        volume_intensity(spec, domain, keys, head_key),
+        volume_intensity(spec, domain, keys),
         InPlaneFramed.from_geometry(framed, geometry, head_extent=head_extent(spec, domain) if head_key else None,
                                     head_key=head_key, allow_missing_keys=head_key is not None),
-        EnsureTyped(framed, dtype=torch.float32, track_meta=True),
     ]
+    landmarks = mri_standardisation(spec) if head_key is not None and domain == "mri" else None
+    if landmarks is not None:  # on the frames, where the training landmarks were measured
+        steps.append(NyulStandardized(keys, landmarks, head_key))
+    steps.append(EnsureTyped(framed, dtype=torch.float32, track_meta=True))
     return Compose(steps)
