@@ -37,6 +37,9 @@ __all__ = ["BACKGROUND", "Translation", "infer_slices", "to_target_domain", "tra
 
 #: What is written outside the input's head mask: air (HU) in synthetic CT, the bottom of the scale in MRI.
 BACKGROUND = {"ct": -1000.0, "mri": -1.0}
+#: A voxel is air (background is written) where the resampled head mask (+1 head, -1 air) stays below this: any
+#: share of head above 1 % keeps the generator's output.
+HEAD_REACH = -0.98
 
 
 def valid_range(spec: ModelSpec, target: str) -> dict[str, Any]:
@@ -171,7 +174,8 @@ def translate_volume(
             raise type(err)(path, err.problem) from exc
         raise InputError(path, f"preprocessing failed ({type(exc).__name__}: {exc})") from exc
     source_unit = x.as_tensor()[0].numpy()
-    source_mask = np.asarray(framed.pop("head"))[0] > 0
+    head = torch.as_tensor(np.asarray(framed.pop("head"))[0])  # +1 head, -1 air, resampled in between
+    source_mask = head.numpy() > 0
     warnings = check_framing(path, x, _framing(pipeline).frame.last_resized_size, spec, source_mask)
     gap = domain_gap(spec, source, source_unit, source_mask)
     if gap["far"]:
@@ -185,11 +189,12 @@ def translate_volume(
     fake_unit = fake[0].numpy()
     spacing = tuple(float(v) for v in affine_to_spacing(x.affine, r=3))
 
-    # Invert framing and orientation with MONAI, the output and the input's head mask (+1 head, -1 air) together.
-    # The prediction must be a MetaTensor carrying the input's applied operations, or the inverse is silently
-    # skipped.
-    mask = torch.from_numpy(source_mask).float().mul_(2.0).sub_(1.0)
-    kept = torch.where(mask > 0, fake[0], torch.full_like(fake[0], -1.0)) if mask_background else fake[0]
+    # Invert framing and orientation with MONAI, the output and the input's head mask (+1 head, -1 air, resampled in
+    # between) together; background goes only where no head reached (HEAD_REACH), so that the two resamplings do
+    # not erode the head's edge. The prediction must be a MetaTensor carrying the input's applied operations, or
+    # the inverse is silently skipped.
+    mask = head
+    kept = torch.where(mask > HEAD_REACH, fake[0], torch.full_like(fake[0], -1.0)) if mask_background else fake[0]
     pred = MetaTensor(torch.stack([kept, mask]), meta=dict(x.meta), applied_operations=list(x.applied_operations))
     del x, fake
     restored = pipeline.inverse({"image": pred})["image"]
@@ -201,7 +206,7 @@ def translate_volume(
     if not np.allclose(np.asarray(restored.affine, np.float64), np.asarray(image.affine, np.float64), atol=1e-3):
         raise InputError(path, "internal error: inverted affine differs from the input's")
     unit = restored.as_tensor()
-    output = to_target_domain(unit[0], target, spec, unit[1] <= 0 if mask_background else None)
+    output = to_target_domain(unit[0], target, spec, unit[1] <= HEAD_REACH if mask_background else None)
     lap("invert")
     return Translation(output, source_unit, source_mask, fake_unit, warnings, timings, spacing,  # type: ignore[arg-type]
                        gap)
