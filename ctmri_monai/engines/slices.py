@@ -29,6 +29,7 @@ from ctmri_monai.transforms.checks import check_framing
 from ctmri_monai.transforms.context import slice_stacks
 from ctmri_monai.transforms.gap import domain_gap
 from ctmri_monai.transforms.intensity import ct_from_unit, require_ct_window
+from ctmri_monai.transforms.mask import input_head_mask
 from ctmri_monai.transforms.pipelines import volume_pipeline
 from ctmri_monai.transforms.spatial import InPlaneFramed
 from ctmri_monai.utils.amp import autocast, autocast_dtype
@@ -37,9 +38,6 @@ __all__ = ["BACKGROUND", "Translation", "infer_slices", "to_target_domain", "tra
 
 #: What is written outside the input's head mask: air (HU) in synthetic CT, the bottom of the scale in MRI.
 BACKGROUND = {"ct": -1000.0, "mri": -1.0}
-#: A voxel is air (background is written) where the resampled head mask (+1 head, -1 air) stays below this: any
-#: share of head above 1 % keeps the generator's output.
-HEAD_REACH = -0.98
 
 
 def valid_range(spec: ModelSpec, target: str) -> dict[str, Any]:
@@ -166,7 +164,8 @@ def translate_volume(
 
     pipeline = volume_pipeline(spec, source, head_key="head")
     try:
-        framed = pipeline({"image": image})
+        raw_mask = input_head_mask(image, source)  # on the input's grid, in its own units
+        framed = pipeline({"image": image, "head": raw_mask})
         x = framed["image"]
     except Exception as exc:  # MONAI wraps a transform's error in RuntimeError: report the project error inside
         err = find_input_error(exc)
@@ -174,8 +173,7 @@ def translate_volume(
             raise type(err)(path, err.problem) from exc
         raise InputError(path, f"preprocessing failed ({type(exc).__name__}: {exc})") from exc
     source_unit = x.as_tensor()[0].numpy()
-    head = torch.as_tensor(np.asarray(framed.pop("head"))[0])  # +1 head, -1 air, resampled in between
-    source_mask = head.numpy() > 0
+    source_mask = np.asarray(framed.pop("head"))[0] > 0  # the same mask, oriented and framed like the input
     warnings = check_framing(path, x, _framing(pipeline).frame.last_resized_size, spec, source_mask)
     gap = domain_gap(spec, source, source_unit, source_mask)
     if gap["far"]:
@@ -189,13 +187,10 @@ def translate_volume(
     fake_unit = fake[0].numpy()
     spacing = tuple(float(v) for v in affine_to_spacing(x.affine, r=3))
 
-    # Invert framing and orientation with MONAI, the output and the input's head mask (+1 head, -1 air, resampled in
-    # between) together; background goes only where no head reached (HEAD_REACH), so that the two resamplings do
-    # not erode the head's edge. The prediction must be a MetaTensor carrying the input's applied operations, or
-    # the inverse is silently skipped.
-    mask = head
-    kept = torch.where(mask > HEAD_REACH, fake[0], torch.full_like(fake[0], -1.0)) if mask_background else fake[0]
-    pred = MetaTensor(torch.stack([kept, mask]), meta=dict(x.meta), applied_operations=list(x.applied_operations))
+    # Invert framing and orientation with MONAI; background goes outside the head mask of the input on its own grid
+    # (no resampling erodes its edge). The prediction must be a MetaTensor carrying the input's applied operations,
+    # or the inverse is silently skipped.
+    pred = MetaTensor(fake[0][None], meta=dict(x.meta), applied_operations=list(x.applied_operations))
     del x, fake
     restored = pipeline.inverse({"image": pred})["image"]
     del pred
@@ -206,7 +201,8 @@ def translate_volume(
     if not np.allclose(np.asarray(restored.affine, np.float64), np.asarray(image.affine, np.float64), atol=1e-3):
         raise InputError(path, "internal error: inverted affine differs from the input's")
     unit = restored.as_tensor()
-    output = to_target_domain(unit[0], target, spec, unit[1] <= HEAD_REACH if mask_background else None)
+    outside = torch.from_numpy(~raw_mask) if mask_background else None
+    output = to_target_domain(unit[0], target, spec, outside)
     lap("invert")
     return Translation(output, source_unit, source_mask, fake_unit, warnings, timings, spacing,  # type: ignore[arg-type]
                        gap)

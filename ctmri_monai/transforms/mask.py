@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -27,9 +28,9 @@ from monai.transforms import FillHoles, MapTransform
 from scipy import ndimage
 from scipy.spatial import ConvexHull, Delaunay, QhullError
 
-__all__ = ["CT_HEAD_HU", "HEAD_THRESHOLD", "MRI_HEAD_FRACTION", "HeadMaskd", "head_mask", "head_mask_slice",
-           "image_head_mask", "image_head_mask_slice", "mask_extent", "physical_head_mask", "physical_threshold",
-           "with_min_area"]
+__all__ = ["CT_HEAD_HU", "HEAD_THRESHOLD", "MRI_HEAD_FRACTION", "HeadMaskd", "axial_axis", "head_mask",
+           "head_mask_slice", "image_head_mask", "image_head_mask_slice", "input_head_mask", "mask_extent",
+           "physical_head_mask", "physical_threshold", "with_min_area"]
 
 #: Head / air threshold in the [-1, 1] network scale of both domains (CT -800 HU in a [-1000, 1000] window,
 #: just above the floor of a brain window; MRI 10 % of its normalised range).
@@ -172,10 +173,25 @@ def mask_extent(mask: np.ndarray, spacing: Any = (1.0, 1.0)) -> tuple[float, tup
     return side, ((rows[0] + rows[-1]) / 2.0, (cols[0] + cols[-1]) / 2.0)
 
 
+def axial_axis(affine: Any) -> int:
+    """The array axis of a volume with ``affine`` that runs inferior-superior (nibabel's orientation)."""
+    ornt = nib.orientations.io_orientation(np.asarray(affine, np.float64))
+    return int(np.flatnonzero(ornt[:, 0] == 2)[0]) if (ornt[:, 0] == 2).any() else 2
+
+
+def input_head_mask(image: Any, domain: str) -> np.ndarray:
+    """`physical_head_mask` of a loaded (1, X, Y, Z) volume of ``domain`` on its own grid, holes filled in its axial
+    slices (found from its affine)."""
+    array = _numpy(image)[0]
+    axis = axial_axis(image.affine) if isinstance(image, MetaTensor) else 2
+    return np.moveaxis(physical_head_mask(np.moveaxis(array, axis, 2), domain), 2, axis)
+
+
 class HeadMaskd(MapTransform):
-    """Put the `physical_head_mask` of ``data[key]`` (a (1, X, Y, Z) volume of ``domain`` in its own units) under
-    ``mask_key`` as a (1, X, Y, Z) MetaTensor with the image's affine: +1 head, -1 air, so that it is framed like
-    the image (air is the frame's background)."""
+    """Put the head mask of ``data[key]`` (a (1, X, Y, Z) volume of ``domain`` in its own units, before any
+    intensity mapping) under ``mask_key`` as a (1, X, Y, Z) MetaTensor with the image's affine: +1 head, -1 air,
+    so that it is oriented and framed like the image (air is the frame's background). A bool array already under
+    ``mask_key`` (the caller computed `input_head_mask` for its own use) is taken instead of computing it again."""
 
     def __init__(self, key: str, domain: str, mask_key: str = "head") -> None:
         super().__init__([key])
@@ -184,7 +200,8 @@ class HeadMaskd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         img = d[self.keys[0]]
-        mask = physical_head_mask(_numpy(img)[0], self.domain)
+        given = d.get(self.mask_key)
+        mask = np.asarray(given, bool) if given is not None else input_head_mask(img, self.domain)
         out = torch.from_numpy(mask[None].astype(np.float32) * 2.0 - 1.0)
         d[self.mask_key] = MetaTensor(out, affine=img.affine) if isinstance(img, MetaTensor) else out
         return d

@@ -87,10 +87,7 @@ def volume_pipeline(spec: ModelSpec, domain: str, keys: KeysCollection = ("image
     keys = _keys(keys)
     geometry = spec.geometry
     steps: list = [LoadVolumed(keys, max_voxels=max_voxels)] if load else []
-    steps += [
-        CheckImaged(keys, spatial_ndim=3, max_channels=1, reject_constant=True),
-        Orientationd(keys, axcodes=geometry.axcodes, labels=ORIENTATION_LABELS),
-    ]
+    steps.append(CheckImaged(keys, spatial_ndim=3, max_channels=1, reject_constant=True))
     framed = keys
     if head_key is not None:
         if len(keys) != 1:
@@ -98,6 +95,8 @@ def volume_pipeline(spec: ModelSpec, domain: str, keys: KeysCollection = ("image
         steps.append(HeadMaskd(keys[0], domain, head_key))
         framed = [*keys, head_key]
     steps += [
+        Orientationd(framed, axcodes=geometry.axcodes, labels=ORIENTATION_LABELS,
+                     allow_missing_keys=head_key is not None),
         volume_intensity(spec, domain, keys),
         InPlaneFramed.from_geometry(framed, geometry, head_extent=head_extent(spec, domain) if head_key else None,
                                     head_key=head_key, allow_missing_keys=head_key is not None),
