@@ -211,3 +211,27 @@ def test_a_checkpoint_without_training_references_converts_as_before_with_a_note
                            "ct", "mri", mask_background=False)
     assert np.array_equal(t.source_unit, fov.source_unit)  # framed by the field of view, as before
     assert t.gap["intensity_ratio"] is None and t.gap["head_size_ratio"] is None and not t.gap["far"]
+
+
+def test_domain_gap_script_prints_the_figures_of_volumes_and_images(phantoms, fit_spec, tmp_path, capsys):
+    from ctmri_monai.convert.gap_report import main
+    from ctmri_monai.io.checkpoint_file import atomic_torch_save
+
+    checkpoint = tmp_path / "model.pt"
+    atomic_torch_save({"model_spec": fit_spec.state_dict()}, checkpoint)
+    name = json.loads((phantoms / "phantoms.json").read_text())["test_subjects"][0]
+    volume = phantoms / "volumes" / "mri" / f"{name}.nii.gz"
+    image = sorted((phantoms / "testB").iterdir())[0]
+    status = main(["--checkpoint", str(checkpoint), "--domain", "mri", str(volume), str(image)])
+    printed = capsys.readouterr().out
+    assert status == 0 and "2 inputs, 0 far from training" in printed and str(volume) in printed, printed
+    volume_line = next(line for line in printed.splitlines() if line.endswith(str(volume)))
+    assert volume_line.split()[0].count("x/") == 1  # both figures for the volume
+    # The same volume with a strong gamma and the percentiles alone (frame as before: the older contract) is far.
+    old = dataclasses.replace(fit_spec, mri=dataclasses.replace(fit_spec.mri, declared=True))
+    atomic_torch_save({"model_spec": old.state_dict()}, checkpoint)
+    data = np.asarray(nib.load(volume).dataobj, np.float32)
+    far = tmp_path / "far.nii.gz"
+    nib.save(nib.Nifti1Image(1000.0 * (data / data.max()) ** 2.0, nib.load(volume).affine), str(far))
+    assert main(["--checkpoint", str(checkpoint), "--domain", "mri", str(far)]) == 1
+    assert "far from training: in-head intensities" in capsys.readouterr().out

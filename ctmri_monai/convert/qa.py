@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from ctmri_monai.io.images import save_png, unit_to_uint8
 from ctmri_monai.metrics.consistency import consistency_metrics
 from ctmri_monai.metrics.paired import dice
-from ctmri_monai.transforms.mask import head_mask, image_head_mask, with_min_area
+from ctmri_monai.transforms.mask import image_head_mask, with_min_area
 
 __all__ = ["consistency_report", "gap_cell", "gap_line", "pick_slices", "save_montage", "upright"]
 
@@ -43,16 +43,17 @@ def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, thresho
     slice holding a head), dice_min, dice_mean, slices_evaluated, slices_below (anatomy changed),
     slices_tissue_in_air (no head in the input, tissue in the output), invented_fraction, threshold, flagged,
     through_plane, roughness, structure (module docstring; None where undefined). ``source_mask``: the input's
-    head mask when the caller has it already (conversion: from the input's own units, carried onto the frames).
+    head mask when the caller has it already (`image_head_mask` of ``source_unit``).
     """
     src, out = np.asarray(source_unit), np.asarray(output_unit)
     if src.shape != out.shape or src.ndim != 3:
         raise ValueError(f"need two (H, W, D) arrays of one shape, got {src.shape} and {out.shape}")
     min_area = int(round(min_area_fraction * src.shape[0] * src.shape[1]))
     names = list(range(src.shape[2])) if slice_index is None else [int(i) for i in slice_index]
-    src_mask = head_mask(src, min_area=min_area) if source_mask is None else with_min_area(source_mask, min_area)
-    out_mask = with_min_area(image_head_mask(out), min_area)  # an image in the network scale: a brain-window
-    # output shows fat as air, and its skin as a broken ring around it (`image_head_mask`)
+    # One mask function on both frames (`image_head_mask`: a brain-window image shows fat as air and its skin as a
+    # broken ring), so that an output that keeps the input's anatomy scores 1.
+    src_mask = with_min_area(image_head_mask(src) if source_mask is None else source_mask, min_area)
+    out_mask = with_min_area(image_head_mask(out), min_area)
     per_slice: dict[int, float] = {}
     in_air: list[int] = []
     for k in range(src.shape[2]):

@@ -55,10 +55,11 @@ def measure_reference(files: Sequence[Path], spec: ModelSpec, source_pixdim: Seq
         values.append(frame[mask])
     if not values:
         return TrainingReference(images=0)
-    order = rng.permutation(len(values))
-    halves = [np.concatenate([values[i] for i in part]) for part in np.array_split(order, 2)]
-    halves_distance = (quantile_distance(in_head_quantiles(halves[0]), in_head_quantiles(halves[1]))
-                       if len(values) > 1 else None)
+    halves_distance = None
+    if len(values) > 1:
+        halves = [np.concatenate([values[i] for i in part])
+                  for part in np.array_split(rng.permutation(len(values)), 2)]
+        halves_distance = quantile_distance(in_head_quantiles(halves[0]), in_head_quantiles(halves[1]))
     px = np.asarray(extents)
     pixdim = spec.geometry.pixdim
     return TrainingReference(
