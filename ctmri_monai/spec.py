@@ -167,7 +167,9 @@ class TrainingReference:
     ``images`` of them). ``head_extent_px``: median longer side of the head's bounding box in the frame, with its
     25th / 75th percentiles ``head_extent_spread`` (and ``head_extent_mm`` where the pixel size is known);
     ``quantiles``: in-head [-1, 1] values at ``QUANTILE_LEVELS``; ``halves_distance``: 1-Wasserstein distance
-    between the in-head values of two random halves of those images (the yardstick of the domain gap)."""
+    between the in-head values of two random halves of those images (the yardstick of the domain gap);
+    ``image_distance_p95``: the 95th percentile of single training images' distances to all of them (what one
+    image of the training set itself may reach: the "far from training" limit)."""
 
     head_extent_px: float | None = None
     head_extent_spread: tuple[float, float] | None = None
@@ -175,6 +177,7 @@ class TrainingReference:
     quantiles: tuple[float, ...] | None = None
     halves_distance: float | None = None
     images: int = 0
+    image_distance_p95: float | None = None
 
     def __post_init__(self) -> None:
         if self.head_extent_spread is not None:

@@ -25,7 +25,7 @@ from ctmri_monai.engines.slices import translate_volume
 from ctmri_monai.phantoms import ct_to_png, make_phantoms, make_subject, mri_to_png, radiological_slice
 from ctmri_monai.spec import OLD_CONTRACT_NOTE, ModelSpec, window_from_level_width
 from ctmri_monai.transforms import image_pipeline
-from ctmri_monai.transforms.gap import FAR_INTENSITY_RATIO, in_head_quantiles, quantile_distance
+from ctmri_monai.transforms.gap import in_head_quantiles, quantile_distance
 from ctmri_monai.transforms.intensity import ct_to_unit, eight_bit_to_unit, mri_range
 from ctmri_monai.transforms.mask import head_mask, image_head_mask, mask_extent, physical_head_mask
 from ctmri_monai.transforms.pipelines import volume_pipeline
@@ -180,21 +180,35 @@ def test_mri_of_any_gain_offset_and_gamma_reaches_the_generator_near_the_trainin
 
 # ------------------------------------------------------------------------------------ 4. the gap, reported
 def test_every_conversion_reports_its_gap_and_far_volumes_are_flagged(phantoms, fit_spec, tmp_path):
+    """Near: a scanner-like MRI (gain, gamma 2) with a 1.5x field of view, standardised and framed by the head. Far
+    by head size: the same framed by its field of view (the older behaviour, an override). Far by intensity: a
+    head of one flat grey (no contrast) through the percentiles alone, further from the training images than 95 %
+    of them are (standardisation would stretch its noise onto the training landmarks)."""
     volume, affine, _ = _test_volume(phantoms, "mri")
-    near, far = tmp_path / "near.nii.gz", tmp_path / "far.nii.gz"
-    nib.save(nib.Nifti1Image((3000.0 * (volume / volume.max()) ** 2.0).astype(np.float32), affine), str(near))
-    nib.save(nib.Nifti1Image((3000.0 * (volume / volume.max()) ** 2.0).astype(np.float32), affine), str(far))
+    scanner = 3000.0 * (volume / volume.max()) ** 2.0
+    wide = np.zeros((96, 96, volume.shape[2]), np.float32)
+    wide[10:74, 20:84] = scanner
+    flat = np.where(physical_head_mask(volume, "mri"), 1000.0, 0.0) + np.abs(np.random.default_rng(0).normal(
+        0.0, 10.0, volume.shape))
     percentiles_only = dataclasses.replace(fit_spec, mri=dataclasses.replace(fit_spec.mri, declared=True))
-    for spec, path, expect_far in ((fit_spec, near, False), (percentiles_only, far, True)):
-        out = tmp_path / path.stem
+    paths = {}
+    for name, array in (("wide", wide), ("flat", flat)):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(array.astype(np.float32), affine), str(paths[name]))
+    cases = (("near", fit_spec, paths["wide"], False, False), ("small", fit_spec.with_overrides(
+        frame_by="field_of_view"), paths["wide"], True, False), ("flat", percentiles_only, paths["flat"], False, True))
+    for name, spec, path, far_size, far_intensity in cases:
+        out = tmp_path / name
         assert run_batch([path], out, "mri2ct", generator=identity, spec=spec, device="cpu", progress=False) == 0
         record = json.loads((out / "summary.json").read_text())["files"][0]
         gap = record["gap"]
-        assert abs(gap["head_size_ratio"] - 1.0) <= 0.05 and gap["far"] is expect_far
-        assert (gap["intensity_ratio"] > FAR_INTENSITY_RATIO) is expect_far
-        assert any("far from training" in w for w in record["warnings"]) is expect_far
+        assert (abs(gap["head_size_ratio"] - 1.0) > 0.15) is far_size, (name, gap)
+        assert (gap["intensity_ratio"] > gap["intensity_limit"]) is far_intensity, (name, gap)
+        expect_far = far_size or far_intensity
+        assert gap["far"] is expect_far and any("far from training" in w for w in record["warnings"]) is expect_far
         cell = format_table([record]).splitlines()[2]
         assert f"{gap['intensity_ratio']:.2f}x/{gap['head_size_ratio']:.2f}x" in cell and cell.count("!") == expect_far
+    assert gap["intensity_ratio"] > 2 * gap["intensity_limit"]  # the flat head is far beyond the limit
 
 
 def test_a_checkpoint_without_training_references_converts_as_before_with_a_note(phantoms, fit_spec, caplog):
@@ -227,11 +241,14 @@ def test_domain_gap_script_prints_the_figures_of_volumes_and_images(phantoms, fi
     assert status == 0 and "2 inputs, 0 far from training" in printed and str(volume) in printed, printed
     volume_line = next(line for line in printed.splitlines() if line.endswith(str(volume)))
     assert volume_line.split()[0].count("x/") == 1  # both figures for the volume
-    # The same volume with a strong gamma and the percentiles alone (frame as before: the older contract) is far.
-    old = dataclasses.replace(fit_spec, mri=dataclasses.replace(fit_spec.mri, declared=True))
-    atomic_torch_save({"model_spec": old.state_dict()}, checkpoint)
+    # The same head in a field of view twice its size, framed by the field of view (the older way, overridden): far.
     data = np.asarray(nib.load(volume).dataobj, np.float32)
+    wide = np.full((128, 128, data.shape[2]), data.min(), np.float32)
+    wide[32:96, 32:96] = data
     far = tmp_path / "far.nii.gz"
-    nib.save(nib.Nifti1Image(1000.0 * (data / data.max()) ** 2.0, nib.load(volume).affine), str(far))
-    assert main(["--checkpoint", str(checkpoint), "--domain", "mri", str(far)]) == 1
-    assert "far from training: in-head intensities" in capsys.readouterr().out
+    nib.save(nib.Nifti1Image(wide, nib.load(volume).affine), str(far))
+    assert main(["--checkpoint", str(checkpoint), "--domain", "mri", str(far)]) == 0  # framed by the head
+    capsys.readouterr()
+    assert main(["--checkpoint", str(checkpoint), "--domain", "mri", "--frame-by", "field_of_view", str(far)]) == 1
+    printed = capsys.readouterr().out
+    assert "far from training: in-head intensities" in printed and "1 far from training" in printed

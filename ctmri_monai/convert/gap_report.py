@@ -23,7 +23,7 @@ from ctmri_monai.io.paths import IMAGE_SUFFIXES
 from ctmri_monai.io.volume import load_volume
 from ctmri_monai.networks.loading import read_model_spec
 from ctmri_monai.spec import FRAME_BY, ModelSpec
-from ctmri_monai.transforms.gap import FAR_HEAD_SIZE, FAR_INTENSITY_RATIO, domain_gap
+from ctmri_monai.transforms.gap import FAR_HEAD_SIZE, domain_gap
 from ctmri_monai.transforms.mask import image_head_mask
 from ctmri_monai.transforms.pipelines import image_pipeline, volume_pipeline
 
@@ -54,8 +54,8 @@ def gap_table(rows: Sequence[Mapping[str, Any]]) -> str:
                      (f"\n{'':>15}  {row.get('error') or gap.get('message')}" if row.get("error") or
                       (gap and gap.get("far")) else ""))
     far = sum(bool(r.get("gap") and r["gap"].get("far")) for r in rows)
-    lines.append(f"{len(rows)} inputs, {far} far from training (intensity over {FAR_INTENSITY_RATIO:g}x the training "
-                 f"halves' distance or head size off by more than {FAR_HEAD_SIZE:.0%})")
+    lines.append(f"{len(rows)} inputs, {far} far from training (in-head intensities further than single training "
+                 f"images reach, or head size off by more than {FAR_HEAD_SIZE:.0%})")
     return "\n".join(lines)
 
 

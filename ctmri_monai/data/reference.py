@@ -9,7 +9,9 @@ every image through the model's own 2D pipeline (the frame the generator saw), i
   landmarks when the MRI normalisation is unknown);
 * ``halves_distance``: the 1-Wasserstein distance between the pooled in-head values of two random halves of the
   subsample, the yardstick of the domain gap. It shrinks as the subsample grows (about as 1 / sqrt(n)), so a
-  volume's gap ratio is measured against the spread of ``max_images / 2`` training images.
+  volume's gap ratio is measured against the spread of ``max_images / 2`` training images;
+* ``image_distance_p95``: how far single training images lie from all of them (95th percentile), the limit beyond
+  which an input is "far from training" (one image, or a volume of one head, varies far more than a pool).
 
 The images layout only: models trained on volumes keep their declared intensity mappings and framing by pixel size.
 """
@@ -60,15 +62,17 @@ def measure_reference(files: Sequence[Path], spec: ModelSpec, source_pixdim: Seq
         halves = [np.concatenate([values[i] for i in part])
                   for part in np.array_split(rng.permutation(len(values)), 2)]
         halves_distance = quantile_distance(in_head_quantiles(halves[0]), in_head_quantiles(halves[1]))
+    pooled = in_head_quantiles(np.concatenate(values))
+    singles = [quantile_distance(in_head_quantiles(v), pooled) for v in values]
     px = np.asarray(extents)
     pixdim = spec.geometry.pixdim
     return TrainingReference(
         head_extent_px=round(float(np.median(px)), 3),
         head_extent_spread=(round(float(np.percentile(px, 25)), 3), round(float(np.percentile(px, 75)), 3)),
         head_extent_mm=round(float(np.median(px)) * float(pixdim[0]), 3) if pixdim else None,
-        quantiles=tuple(round(float(q), 6) for q in in_head_quantiles(np.concatenate(values))),
+        quantiles=tuple(round(float(q), 6) for q in pooled),
         halves_distance=None if halves_distance is None else round(halves_distance, 6),
-        images=len(values))
+        images=len(values), image_distance_p95=round(float(np.percentile(singles, 95)), 6))
 
 
 def training_references(dataset_dir: str | os.PathLike, spec: ModelSpec,

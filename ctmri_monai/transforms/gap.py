@@ -8,8 +8,10 @@ Two figures per volume, both against the contract's `TrainingReference` of the s
 * ``head_size_ratio``: the framed head's extent (longer side of its bounding box over the whole volume, frame px)
   over the training median.
 
-A volume is "far from training" when ``intensity_ratio`` exceeds ``FAR_INTENSITY_RATIO`` or the head size differs
-from the training median by more than ``FAR_HEAD_SIZE`` (relative); the message names both figures. 1-D
+A volume is "far from training" when its intensity distance exceeds what single training images reach (the 95th
+percentile of their distances to the whole training set, ``image_distance_p95``; ``FAR_INTENSITY_RATIO`` times the
+halves' distance for contracts without it) or the head size differs from the training median by more than
+``FAR_HEAD_SIZE`` (relative); the message names both figures and the limit. 1-D
 Wasserstein distances come from quantile functions (W1 = integral over u of |F^-1(u) - G^-1(u)|), approximated on
 the 101 recorded levels by the trapezoid rule; ``scipy.stats.wasserstein_distance`` needs both samples, and the
 contract keeps only quantiles.
@@ -27,10 +29,10 @@ from ctmri_monai.transforms.mask import mask_extent
 
 __all__ = ["FAR_HEAD_SIZE", "FAR_INTENSITY_RATIO", "domain_gap", "in_head_quantiles", "quantile_distance"]
 
-#: Flag a volume beyond five times the training halves' intensity distance, or with a head more than 15 % off the
-#: training median size. Measured: standardised phantom MRI of any gain / gamma 0.5-0.9x; a phantom subject unseen
-#: in training, through the percentiles its training images were made with, 4.4x (halves of a few subjects' slices
-#: are close); the same with a gamma of 0.6-2, 10-14x; real MRI 1.9x and 2.9x, a T1 template 18.5x (issue 17).
+#: Without a recorded single-image limit, flag a volume beyond five times the training halves' intensity distance;
+#: always, one with a head more than 15 % off the training median size. Measured on the phantoms: standardised MRI
+#: of any gain / gamma 0.5-0.9x the halves' distance; an unseen subject through the percentiles its training images
+#: were made with 4.4x; the same with a gamma of 0.6-2, 10-14x.
 FAR_INTENSITY_RATIO, FAR_HEAD_SIZE = 5.0, 0.15
 
 
@@ -51,11 +53,11 @@ def quantile_distance(a: Sequence[float], b: Sequence[float]) -> float:
 
 def domain_gap(spec: ModelSpec, domain: str, frames: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """The gap figures of a framed (S, S, D) input of ``domain`` with its head ``mask`` (module docstring):
-    intensity_distance, intensity_ratio, head_extent_px, head_size_ratio, far (bool), message; figures the
-    contract cannot give (a checkpoint without training references) are None."""
+    intensity_distance, intensity_ratio, intensity_limit, head_extent_px, head_size_ratio, far (bool), message;
+    figures the contract cannot give (a checkpoint without training references) are None."""
     ref = spec.reference(domain)
-    out: dict[str, Any] = {"intensity_distance": None, "intensity_ratio": None, "head_extent_px": None,
-                           "head_size_ratio": None, "far": False, "message": None}
+    out: dict[str, Any] = {"intensity_distance": None, "intensity_ratio": None, "intensity_limit": None,
+                           "head_extent_px": None, "head_size_ratio": None, "far": False, "message": None}
     extent = mask_extent(mask)
     if extent is not None:
         out["head_extent_px"] = round(extent[0], 2)
@@ -66,11 +68,15 @@ def domain_gap(spec: ModelSpec, domain: str, frames: np.ndarray, mask: np.ndarra
         out["intensity_distance"] = round(distance, 5)
         if ref.halves_distance:
             out["intensity_ratio"] = round(distance / ref.halves_distance, 3)
-    far_intensity = out["intensity_ratio"] is not None and out["intensity_ratio"] > FAR_INTENSITY_RATIO
+    limit = FAR_INTENSITY_RATIO
+    if ref.image_distance_p95 and ref.halves_distance:
+        limit = round(ref.image_distance_p95 / ref.halves_distance, 2)
+    out["intensity_limit"] = limit
+    far_intensity = out["intensity_ratio"] is not None and out["intensity_ratio"] > limit
     far_size = out["head_size_ratio"] is not None and abs(out["head_size_ratio"] - 1.0) > FAR_HEAD_SIZE
     if far_intensity or far_size:
         out["far"] = True
         out["message"] = (f"far from training: in-head intensities {out['intensity_ratio']}x the training halves' "
-                          f"distance (limit {FAR_INTENSITY_RATIO:g}x), head size {out['head_size_ratio']}x the "
-                          f"training median (limit +-{FAR_HEAD_SIZE:.0%})")
+                          f"distance (limit {limit:g}x: single training images), head size "
+                          f"{out['head_size_ratio']}x the training median (limit +-{FAR_HEAD_SIZE:.0%})")
     return out
