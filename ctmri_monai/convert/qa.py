@@ -129,8 +129,8 @@ def sagittal(volume: np.ndarray, axcodes: str = "PLS", spacing: Sequence[float] 
 
 def gap_line(gap: dict[str, Any] | None) -> str:
     """The domain gap in words (`ctmri_monai.transforms.gap`): for the montage."""
-    if not gap:
-        return "domain gap: not recorded by this model"
+    if not gap or (gap.get("intensity_ratio") is None and gap.get("head_size_ratio") is None):
+        return "domain gap: not measured (the model's contract records no training references)"
     text = (f"domain gap: intensity {_x(gap.get('intensity_ratio'))} the training halves' distance, head size "
             f"{_x(gap.get('head_size_ratio'))} training")
     return text + ("  FAR FROM TRAINING" if gap.get("far") else "")

@@ -71,7 +71,7 @@ def domain_gap(spec: ModelSpec, domain: str, frames: np.ndarray, mask: np.ndarra
     limit = FAR_INTENSITY_RATIO
     if ref.image_distance_p95 and ref.halves_distance:
         limit = round(ref.image_distance_p95 / ref.halves_distance, 2)
-    out["intensity_limit"] = limit
+    out["intensity_limit"] = limit if ref.quantiles is not None else None
     far_intensity = out["intensity_ratio"] is not None and out["intensity_ratio"] > limit
     far_size = out["head_size_ratio"] is not None and abs(out["head_size_ratio"] - 1.0) > FAR_HEAD_SIZE
     if far_intensity or far_size:
