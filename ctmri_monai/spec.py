@@ -252,8 +252,14 @@ class ModelSpec:
 
     def describe(self) -> str:
         """One paragraph for logs and reports."""
+        geometry = self.geometry
+        if not any(ref.head_extent_px for ref in self.training.values()):  # no head size to frame volumes by
+            geometry = replace(geometry, frame_by="field_of_view")
+        mri = self.mri.describe()
+        if not self.mri.declared and self.reference("mri").landmarks():
+            mri += ", then standardised onto the training landmarks (Nyul-Udupa)"
         return (f"trained on {self.layout}; CT: {self.ct.describe()} (stored as {self.ct.stored_as}); MRI: "
-                f"{self.mri.describe()}; slices: {self.geometry.describe()}")
+                f"{mri}; slices: {geometry.describe()}")
 
     # ------------------------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
