@@ -13,7 +13,13 @@ dataclass is the single source of every default of the contract.
   ``pixdim`` mm, then centre-crops / pads; "fit" scales the field of view so its longer side fills the image, then
   pads; "crop" keeps the pixel size and centre-crops / pads; "resize_crop" scales the shorter side to
   ``image_size * 286 / 256``, then centre-crops. ``context_slices`` k: the generator sees 2k + 1 neighbouring
-  axial slices as channels.
+  axial slices as channels. ``frame_by`` "head" (the default of "fit" models that recorded their training head
+  size): a volume is framed by its head, not its field of view (``transforms.spatial``); "field_of_view": the older
+  behaviour, an explicit override.
+* ``training``: per domain, what the training images looked like (`TrainingReference`): the head extent in the
+  frame, the in-head [-1, 1] quantiles and the distance between two halves of the training set. It drives the
+  head-scale framing, MRI standardisation and the domain gap reported per conversion; checkpoints written before
+  it have none and convert as before (logged).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["FRAMINGS", "LAYOUTS", "SPEC_VERSION", "CTIntensity", "MRIIntensity", "ModelSpec", "NetworkSpec",
-           "SliceGeometry", "window_from_level_width"]
+__all__ = ["FRAME_BY", "FRAMINGS", "LAYOUTS", "NYUL_LEVELS", "OLD_CONTRACT_NOTE", "QUANTILE_LEVELS", "SPEC_VERSION",
+           "CTIntensity", "MRIIntensity", "ModelSpec", "NetworkSpec", "SliceGeometry", "TrainingReference",
+           "window_from_level_width"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +41,15 @@ LAYOUTS = ("images", "volumes")
 FRAMINGS = ("fit", "crop", "resize_crop", "spacing")
 CT_STORAGE = ("hu", "eight_bit")
 MRI_STORAGE = ("intensity", "eight_bit")
+FRAME_BY = ("head", "field_of_view")
+#: Logged for checkpoints written before the training references (`TrainingReference`).
+OLD_CONTRACT_NOTE = ("the checkpoint records no training head size or intensity landmarks (written before them): "
+                     "volumes are framed by their field of view, MRI by its percentiles alone, and no domain gap is "
+                     "reported")
+#: Percent levels of the recorded in-head quantiles (0, 1, ..., 100) and the subset that serves as Nyul-Udupa
+#: standardisation landmarks (1, 10, 20, ..., 90, 99).
+QUANTILE_LEVELS = tuple(float(k) for k in range(101))
+NYUL_LEVELS = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
 
 
 def window_from_level_width(level: float, width: float) -> tuple[float, float]:
@@ -108,8 +124,10 @@ class SliceGeometry:
     pixdim: tuple[float, float] | None = (1.0, 1.0)
     axcodes: str = "PLS"
     context_slices: int = 0
+    frame_by: str = "head"
 
     def __post_init__(self) -> None:
+        _choice(self.frame_by, FRAME_BY, "geometry.frame_by")
         self.image_size = int(self.image_size)
         if self.image_size < 8:
             raise ValueError(f"geometry.image_size must be >= 8, got {self.image_size}")
@@ -135,10 +153,46 @@ class SliceGeometry:
 
     def describe(self) -> str:
         how = {"spacing": f"resampled to {self.pixdim[0]:g} x {self.pixdim[1]:g} mm, centre crop/pad"
-               if self.pixdim else "", "fit": "field of view fitted (longer side), padded",
+               if self.pixdim else "",
+               "fit": "field of view fitted (longer side), padded" if self.frame_by == "field_of_view" else
+               "fitted (2D images: field of view; volumes: head at the training head size), padded",
                "crop": "native pixel size, centre crop/pad", "resize_crop": "shorter side scaled, centre crop"}
         ctx = f", {self.channels} slices of context" if self.context_slices else ""
         return f"{self.image_size} x {self.image_size} px, {how[self.framing]}{ctx}"
+
+
+@dataclass
+class TrainingReference:
+    """What the training images of one domain looked like, measured when the contract was built (on a subsample:
+    ``images`` of them). ``head_extent_px``: median longer side of the head's bounding box in the frame, with its
+    25th / 75th percentiles ``head_extent_spread`` (and ``head_extent_mm`` where the pixel size is known);
+    ``quantiles``: in-head [-1, 1] values at ``QUANTILE_LEVELS``; ``halves_distance``: 1-Wasserstein distance
+    between the in-head values of two random halves of those images (the yardstick of the domain gap);
+    ``image_distance_p95``: the 95th percentile of single training images' distances to all of them (what one
+    image of the training set itself may reach: the "far from training" limit)."""
+
+    head_extent_px: float | None = None
+    head_extent_spread: tuple[float, float] | None = None
+    head_extent_mm: float | None = None
+    quantiles: tuple[float, ...] | None = None
+    halves_distance: float | None = None
+    images: int = 0
+    image_distance_p95: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_extent_spread is not None:
+            self.head_extent_spread = _pair(self.head_extent_spread, "head_extent_spread")
+        if self.quantiles is not None:
+            self.quantiles = tuple(float(q) for q in self.quantiles)
+            q = self.quantiles
+            if len(q) != len(QUANTILE_LEVELS) or any(b < a for a, b in zip(q, q[1:], strict=False)):
+                raise ValueError(f"training quantiles must be {len(QUANTILE_LEVELS)} non-decreasing values")
+
+    def landmarks(self) -> tuple[float, ...] | None:
+        """The Nyul-Udupa landmarks (values at ``NYUL_LEVELS``), None when not recorded."""
+        if self.quantiles is None:
+            return None
+        return tuple(self.quantiles[QUANTILE_LEVELS.index(level)] for level in NYUL_LEVELS)
 
 
 @dataclass
@@ -165,9 +219,12 @@ class ModelSpec:
     layout: str = "volumes"
     notes: list[str] = field(default_factory=list)
     version: int = SPEC_VERSION
+    training: dict[str, TrainingReference] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice(self.layout, (*LAYOUTS, "unknown"), "layout")
+        self.training = {k: v if isinstance(v, TrainingReference) else TrainingReference(**v)
+                         for k, v in dict(self.training).items()}
         if self.network.in_channels != self.geometry.channels:
             raise ValueError(f"network.in_channels {self.network.in_channels} != 2 * context_slices + 1 = "
                              f"{self.geometry.channels}")
@@ -178,6 +235,11 @@ class ModelSpec:
         if name not in ("ct", "mri"):
             raise ValueError(f"unknown domain {name!r}; expected 'ct' or 'mri'")
         return self.ct if name == "ct" else self.mri
+
+    def reference(self, name: str) -> TrainingReference:
+        """What the training images of ``name`` looked like (empty when the checkpoint predates it)."""
+        self.domain(name)
+        return self.training.get(name, TrainingReference())
 
     def generator_kwargs(self) -> dict[str, Any]:
         return asdict(self.network)
@@ -190,8 +252,14 @@ class ModelSpec:
 
     def describe(self) -> str:
         """One paragraph for logs and reports."""
+        geometry = self.geometry
+        if not any(ref.head_extent_px for ref in self.training.values()):  # no head size to frame volumes by
+            geometry = replace(geometry, frame_by="field_of_view")
+        mri = self.mri.describe()
+        if not self.mri.declared and self.reference("mri").landmarks():
+            mri += ", then standardised onto the training landmarks (Nyul-Udupa)"
         return (f"trained on {self.layout}; CT: {self.ct.describe()} (stored as {self.ct.stored_as}); MRI: "
-                f"{self.mri.describe()}; slices: {self.geometry.describe()}")
+                f"{mri}; slices: {geometry.describe()}")
 
     # ------------------------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
@@ -200,12 +268,16 @@ class ModelSpec:
         for part, key in (("ct", "window"), ("mri", "percentiles"), ("geometry", "pixdim")):
             if state[part][key] is not None:
                 state[part][key] = list(state[part][key])
+        for ref in state["training"].values():
+            for key in ("head_extent_spread", "quantiles"):
+                if ref[key] is not None:
+                    ref[key] = list(ref[key])
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace this spec with ``state`` (a current or a version-1 spec: see `from_state`)."""
         other = ModelSpec.from_state(state)
-        for name in ("network", "ct", "mri", "geometry", "layout", "notes", "version"):
+        for name in ("network", "ct", "mri", "geometry", "layout", "notes", "version", "training"):
             setattr(self, name, getattr(other, name))
 
     @classmethod
@@ -220,10 +292,13 @@ class ModelSpec:
             return cls()
         state = dict(state)
         if int(state.get("version", 1)) >= 2:
+            notes = list(state.get("notes", []))
+            if "training" not in state and OLD_CONTRACT_NOTE not in notes:
+                notes.append(OLD_CONTRACT_NOTE)
             return cls(network=NetworkSpec(**state.get("network", {})), ct=CTIntensity(**state.get("ct", {})),
                        mri=MRIIntensity(**state.get("mri", {})), geometry=SliceGeometry(**state.get("geometry", {})),
-                       layout=state.get("layout", "volumes"), notes=list(state.get("notes", [])),
-                       version=int(state["version"]))
+                       layout=state.get("layout", "volumes"), notes=notes,
+                       version=int(state["version"]), training=dict(state.get("training") or {}))
         network = NetworkSpec(**{k: state[k] for k in asdict(NetworkSpec()) if k in state})
         pixdim = state.get("pixdim", (1.0, 1.0))
         notes = ["version-1 checkpoint (written before the data contract): its layout and CT window are unknown; "
@@ -239,7 +314,7 @@ class ModelSpec:
 
     # ------------------------------------------------------------------------------------- overrides
     def with_overrides(self, ct_window: Any = None, framing: str | None = None, pixdim: Any = None,
-                       mri_percentiles: Any = None) -> ModelSpec:
+                       mri_percentiles: Any = None, frame_by: str | None = None) -> ModelSpec:
         """A copy with explicit overrides of the recorded contract, each logged as a warning (None: keep)."""
         spec = replace(self, notes=list(self.notes))
         changes: list[str] = []
@@ -249,10 +324,11 @@ class ModelSpec:
         if mri_percentiles is not None:
             spec.mri = replace(self.mri, percentiles=_pair(mri_percentiles, "mri_percentiles"), declared=True)
             changes.append(f"MRI {spec.mri.describe()} replaces the recorded {self.mri.describe()}")
-        if framing is not None or pixdim is not None:
+        if framing is not None or pixdim is not None or frame_by is not None:
             new_framing = framing or ("spacing" if pixdim is not None else self.geometry.framing)
             spec.geometry = replace(self.geometry, framing=new_framing,
-                                    pixdim=pixdim if pixdim is not None else self.geometry.pixdim)
+                                    pixdim=pixdim if pixdim is not None else self.geometry.pixdim,
+                                    frame_by=frame_by or self.geometry.frame_by)
             changes.append(f"slices {spec.geometry.describe()} replaces the recorded {self.geometry.describe()}")
         for change in changes:
             logger.warning("contract override: %s", change)

@@ -26,6 +26,7 @@ import torch
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.inputs import collect_inputs, output_names
 from ctmri_monai.convert.options import BatchOptions, batch_options
+from ctmri_monai.convert.qa import gap_cell
 from ctmri_monai.convert.service import ConversionService
 from ctmri_monai.io.atomic import atomic_write_json
 from ctmri_monai.io.errors import CtmriError, InputError
@@ -52,8 +53,8 @@ def status_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text summary table: status, shape, seconds, Dice min/mean, file and error."""
-    header = f"{'status':<8} {'shape':<16} {'sec':>7} {'dice min':>8} {'mean':>6}  file"
+    """A plain-text summary table: status, shape, seconds, Dice min/mean, domain gap, file and error."""
+    header = f"{'status':<8} {'shape':<16} {'sec':>7} {'dice min':>8} {'mean':>6} {'gap':>13}  file"
     lines = [header, "-" * len(header)]
     for r in records:
         qa = r.get("qa") or {}
@@ -61,7 +62,7 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
         sec = f"{r['seconds']:.1f}" if r.get("seconds") is not None else "-"
         dmin = f"{qa['dice_min']:.3f}" if qa.get("dice_min") is not None else "-"
         dmean = f"{qa['dice_mean']:.3f}" if qa.get("dice_mean") is not None else "-"
-        line = f"{r['status']:<8} {shape:<16} {sec:>7} {dmin:>8} {dmean:>6}  {r['file']}"
+        line = f"{r['status']:<8} {shape:<16} {sec:>7} {dmin:>8} {dmean:>6} {gap_cell(qa.get('gap')):>13}  {r['file']}"
         if r.get("error"):
             line += f"\n{'':<8} error: {r['error']}"
         lines.append(line)
@@ -221,7 +222,7 @@ def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike
                               seconds=result["seconds"], qa=result["qa"], warnings=result["warnings"],
                               value_range=result["value_range"], background_masked=result["background_masked"],
                               dicom_output=result["dicom_output"],
-                              dicom_series_uid=result["dicom_series_uid"])
+                              dicom_series_uid=result["dicom_series_uid"], gap=result["qa"].get("gap"))
             finally:
                 if slices_bar is not None:
                     slices_bar.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.batch import run_batch
-from ctmri_monai.spec import FRAMINGS
+from ctmri_monai.spec import FRAME_BY, FRAMINGS
 
 __all__ = ["add_contract_arguments", "add_convert_arguments", "contract_overrides", "main_convert"]
 
@@ -53,6 +53,9 @@ def add_contract_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                           help="HU range the CT training images were exported with (level 40 / width 120: -20 100)")
     contract.add_argument("--framing", choices=FRAMINGS, default=None,
                           help="how slices are brought to the model's image size")
+    contract.add_argument("--frame-by", choices=FRAME_BY, default=None,
+                          help="'fit' models: frame volumes by the head at the training head size (default) or, as "
+                               "before, by the field of view")
     contract.add_argument("--pixdim", nargs=2, type=float, metavar=("PX", "PY"), default=None,
                           help="in-plane mm of the 'spacing' framing")
     return parser
@@ -60,7 +63,7 @@ def add_contract_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The contract overrides given on the command line (only those set)."""
-    given = {k: getattr(args, k, None) for k in ("ct_window", "framing", "pixdim")}
+    given = {k: getattr(args, k, None) for k in ("ct_window", "framing", "pixdim", "frame_by")}
     return {k: v for k, v in given.items() if v is not None}
 
 

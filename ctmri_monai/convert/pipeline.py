@@ -119,9 +119,9 @@ def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, 
 
     axis, numbers = _axial_slice_numbers(volume, spec.geometry.axcodes, int(translation.source_unit.shape[-1]))
     source_unit, fake_unit = translation.source_unit, translation.fake_unit
-    qa = consistency_report(source_unit, fake_unit, options.qa_threshold, slice_index=numbers,
-                            source_mask=translation.source_mask)
+    qa = consistency_report(source_unit, fake_unit, options.qa_threshold, slice_index=numbers)
     qa["slice_axis"] = axis
+    qa["gap"] = translation.gap  # the domain gap (ctmri_monai.transforms.gap): in the montage and summary.json
     if montage is not None:
         try:
             qa["montage"] = str(save_montage(source_unit, fake_unit, montage, qa, numbers, spec.geometry.axcodes,

@@ -29,9 +29,9 @@ from PIL import Image, ImageDraw
 from ctmri_monai.io.images import save_png, unit_to_uint8
 from ctmri_monai.metrics.consistency import consistency_metrics
 from ctmri_monai.metrics.paired import dice
-from ctmri_monai.transforms.mask import head_mask, with_min_area
+from ctmri_monai.transforms.mask import image_head_mask, with_min_area
 
-__all__ = ["consistency_report", "pick_slices", "save_montage", "upright"]
+__all__ = ["consistency_report", "gap_cell", "gap_line", "pick_slices", "save_montage", "upright"]
 
 
 def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, threshold: float = 0.90,
@@ -43,15 +43,17 @@ def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, thresho
     slice holding a head), dice_min, dice_mean, slices_evaluated, slices_below (anatomy changed),
     slices_tissue_in_air (no head in the input, tissue in the output), invented_fraction, threshold, flagged,
     through_plane, roughness, structure (module docstring; None where undefined). ``source_mask``: the input's
-    head mask when the caller has it already (`head_mask` without a minimum area).
+    head mask when the caller has it already (`image_head_mask` of ``source_unit``).
     """
     src, out = np.asarray(source_unit), np.asarray(output_unit)
     if src.shape != out.shape or src.ndim != 3:
         raise ValueError(f"need two (H, W, D) arrays of one shape, got {src.shape} and {out.shape}")
     min_area = int(round(min_area_fraction * src.shape[0] * src.shape[1]))
     names = list(range(src.shape[2])) if slice_index is None else [int(i) for i in slice_index]
-    src_mask = head_mask(src, min_area=min_area) if source_mask is None else with_min_area(source_mask, min_area)
-    out_mask = head_mask(out, min_area=min_area)
+    # One mask function on both frames (`image_head_mask`: a brain-window image shows fat as air and its skin as a
+    # broken ring), so that an output that keeps the input's anatomy scores 1.
+    src_mask = with_min_area(image_head_mask(src) if source_mask is None else source_mask, min_area)
+    out_mask = with_min_area(image_head_mask(out), min_area)
     per_slice: dict[int, float] = {}
     in_air: list[int] = []
     for k in range(src.shape[2]):
@@ -125,6 +127,26 @@ def sagittal(volume: np.ndarray, axcodes: str = "PLS", spacing: Sequence[float] 
     return np.repeat(plane, stretch, axis=0)
 
 
+def gap_line(gap: dict[str, Any] | None) -> str:
+    """The domain gap in words (`ctmri_monai.transforms.gap`): for the montage."""
+    if not gap or (gap.get("intensity_ratio") is None and gap.get("head_size_ratio") is None):
+        return "domain gap: not measured (the model's contract records no training references)"
+    text = (f"domain gap: intensity {_x(gap.get('intensity_ratio'))} the training halves' distance, head size "
+            f"{_x(gap.get('head_size_ratio'))} training")
+    return text + ("  FAR FROM TRAINING" if gap.get("far") else "")
+
+
+def gap_cell(gap: dict[str, Any] | None) -> str:
+    """The domain gap in a table cell: ``intensity ratio / head-size ratio``, ``!`` when far from training."""
+    if not gap:
+        return "-"
+    return f"{_x(gap.get('intensity_ratio'))}/{_x(gap.get('head_size_ratio'))}" + ("!" if gap.get("far") else "")
+
+
+def _x(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}x"
+
+
 def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | os.PathLike,
                  report: dict[str, Any] | None = None, slice_index: Sequence[int] | None = None,
                  axcodes: str = "PLS", n: int = 6, columns: int = 2, min_tile: int = 128,
@@ -132,7 +154,7 @@ def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | o
     """PNG montage of a few axial slices, each as ``generator input | output``: red frame and label where the
     anatomy changed (Dice < threshold), orange label where tissue was invented in an empty slice; below them the
     mid-line sagittal reformat of input and output (slices that disagree show as stripes), with the through-plane
-    and structure figures."""
+    and structure figures, and the domain gap (``report["gap"]``) in orange when far from training."""
     src, out = np.asarray(source_unit), np.asarray(output_unit)
     depth = src.shape[2]
     names = list(range(depth)) if slice_index is None else [int(i) for i in slice_index]
@@ -150,7 +172,7 @@ def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | o
     reformats = [np.kron(unit_to_uint8(sagittal(a, axcodes, spacing)), np.ones((zoom, zoom), np.uint8))
                  for a in (src, out)]
     sag = np.concatenate([reformats[0], np.zeros((reformats[0].shape[0], gap), np.uint8), reformats[1]], axis=1)
-    sag_h = sag.shape[0] + label_h + 2 * pad
+    sag_h = sag.shape[0] + 2 * label_h + 2 * pad
     canvas = Image.new("RGB", (max(columns * tile_w, sag.shape[1] + 2 * pad), rows * tile_h + sag_h), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     threshold = report.get("threshold", 0.0)
@@ -177,4 +199,7 @@ def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | o
                                                                        ("structure", "structure"))
                         if isinstance(report.get(key), float))
     draw.text((pad, y0 + 1), f"sagittal reformat, input | output  {figures}", fill=(230, 230, 230))
+    far = bool((report.get("gap") or {}).get("far"))
+    draw.text((pad, canvas.height - label_h), gap_line(report.get("gap")),
+              fill=(255, 170, 60) if far else (230, 230, 230))
     return save_png(canvas, path)

@@ -6,7 +6,8 @@
   card (or an explicit ``ct_window``) can tell; without it the window stays unknown and HU volumes will be refused
   at conversion. Slices are framed by the size policy; when the card gives the images' pixel size (the same
   network pixel size for both domains), by "spacing" at that network pixel size, so volumes are resampled to the
-  anatomical scale the model saw.
+  anatomical scale the model saw. The training images' head sizes, in-head intensity quantiles and halves' distance
+  are measured on a subsample (`ctmri_monai.data.reference`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 
 from ctmri_monai.data.card import DatasetCard, find_card
 from ctmri_monai.data.folders import IMAGE_FOLDERS, detect_layout, list_images
+from ctmri_monai.data.reference import training_references
 from ctmri_monai.io.errors import ContractError, InputError
 from ctmri_monai.spec import CTIntensity, ModelSpec, MRIIntensity, NetworkSpec, SliceGeometry
 from ctmri_monai.transforms.spatial import framed_size
@@ -106,5 +108,7 @@ def spec_for_dataset(dataset_dir: str | os.PathLike, *, layout: str = "auto",
         logger.warning("model contract: %s", note)
     for note in geometry_notes:
         logger.info("model contract: %s", note)
-    return ModelSpec(network=net, ct=CTIntensity(window=window, stored_as="eight_bit"), mri=mri, geometry=geometry,
+    spec = ModelSpec(network=net, ct=CTIntensity(window=window, stored_as="eight_bit"), mri=mri, geometry=geometry,
                      layout="images", notes=notes + geometry_notes)
+    spec.training = training_references(root, spec, card.pixel_spacing_mm if card is not None else None)
+    return spec

@@ -1,10 +1,12 @@
 """Translating a volume in memory, slice by slice, on a model's data contract: what conversion and paired
 evaluation share.
 
-`translate_volume`: a loaded (1, X, Y, Z) volume -> the model's `volume_pipeline` -> generator over axial slices (or
-2k + 1 slice stacks) in batches (MONAI ``SliceInferer``) -> background outside the input's head mask -> MONAI
-inverse of framing and orientation -> the target domain's values (synthetic CT in HU through the model's window,
-synthetic MRI in [-1, 1]) on the input's exact grid.
+`translate_volume`: a loaded (1, X, Y, Z) volume -> the model's `volume_pipeline` with the input's head mask (from
+its own units: HU, raw MRI; carried through the same orientation and framing onto the frames) -> generator over
+axial slices (or 2k + 1 slice stacks) in batches (MONAI ``SliceInferer``) -> background outside that head mask ->
+MONAI inverse of framing and orientation -> the target domain's values (synthetic CT in HU through the model's
+window, synthetic MRI in [-1, 1]) on the input's exact grid; with the domain gap of the frames
+(`ctmri_monai.transforms.gap`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from ctmri_monai.io.errors import InputError, find_input_error
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.checks import check_framing
 from ctmri_monai.transforms.context import slice_stacks
+from ctmri_monai.transforms.gap import domain_gap
 from ctmri_monai.transforms.intensity import ct_from_unit, require_ct_window
-from ctmri_monai.transforms.mask import head_mask
+from ctmri_monai.transforms.mask import input_head_mask
 from ctmri_monai.transforms.pipelines import volume_pipeline
 from ctmri_monai.transforms.spatial import InPlaneFramed
 from ctmri_monai.utils.amp import autocast, autocast_dtype
@@ -121,7 +124,7 @@ class Translation:
     """A translated volume: ``output`` on the input's grid in the target domain; the generator's ``source_unit``
     input, its head mask ``source_mask`` and the raw ``fake_unit`` output on its (S, S, D) frames and their voxel
     ``spacing`` (mm); ``warnings`` of the framing check; ``timings`` (seconds) of preprocess, inference and
-    invert."""
+    invert; ``gap``: the domain gap figures (`ctmri_monai.transforms.gap.domain_gap`)."""
 
     output: np.ndarray
     source_unit: np.ndarray
@@ -130,6 +133,7 @@ class Translation:
     warnings: list[str]
     timings: dict[str, float]
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gap: dict[str, Any] | None = None
 
 
 def translate_volume(
@@ -158,17 +162,22 @@ def translate_volume(
         clock.append(time.perf_counter())
         timings[name] = round(clock[-1] - clock[-2], 4)
 
-    pipeline = volume_pipeline(spec, source)
+    pipeline = volume_pipeline(spec, source, head_key="head")
     try:
-        x = pipeline({"image": image})["image"]
+        raw_mask = input_head_mask(image, source)  # on the input's grid, in its own units
+        framed = pipeline({"image": image, "head": raw_mask})
+        x = framed["image"]
     except Exception as exc:  # MONAI wraps a transform's error in RuntimeError: report the project error inside
         err = find_input_error(exc)
         if err is not None:
             raise type(err)(path, err.problem) from exc
         raise InputError(path, f"preprocessing failed ({type(exc).__name__}: {exc})") from exc
     source_unit = x.as_tensor()[0].numpy()
-    source_mask = head_mask(source_unit)
+    source_mask = np.asarray(framed.pop("head"))[0] > 0  # the same mask, oriented and framed like the input
     warnings = check_framing(path, x, _framing(pipeline).frame.last_resized_size, spec, source_mask)
+    gap = domain_gap(spec, source, source_unit, source_mask)
+    if gap["far"]:
+        warnings.append(gap["message"])
     lap("preprocess")
     if progress is not None and hasattr(progress, "reset"):
         progress.reset(total=int(x.shape[-1]))
@@ -178,12 +187,10 @@ def translate_volume(
     fake_unit = fake[0].numpy()
     spacing = tuple(float(v) for v in affine_to_spacing(x.affine, r=3))
 
-    # Invert framing and orientation with MONAI, the output and the input's head mask (+1 head, -1 air) together.
-    # The prediction must be a MetaTensor carrying the input's applied operations, or the inverse is silently
-    # skipped.
-    mask = torch.from_numpy(source_mask).float().mul_(2.0).sub_(1.0)
-    kept = torch.where(mask > 0, fake[0], torch.full_like(fake[0], -1.0)) if mask_background else fake[0]
-    pred = MetaTensor(torch.stack([kept, mask]), meta=dict(x.meta), applied_operations=list(x.applied_operations))
+    # Invert framing and orientation with MONAI; background goes outside the head mask of the input on its own grid
+    # (no resampling erodes its edge). The prediction must be a MetaTensor carrying the input's applied operations,
+    # or the inverse is silently skipped.
+    pred = MetaTensor(fake[0][None], meta=dict(x.meta), applied_operations=list(x.applied_operations))
     del x, fake
     restored = pipeline.inverse({"image": pred})["image"]
     del pred
@@ -194,6 +201,8 @@ def translate_volume(
     if not np.allclose(np.asarray(restored.affine, np.float64), np.asarray(image.affine, np.float64), atol=1e-3):
         raise InputError(path, "internal error: inverted affine differs from the input's")
     unit = restored.as_tensor()
-    output = to_target_domain(unit[0], target, spec, unit[1] <= 0 if mask_background else None)
+    outside = torch.from_numpy(~raw_mask) if mask_background else None
+    output = to_target_domain(unit[0], target, spec, outside)
     lap("invert")
-    return Translation(output, source_unit, source_mask, fake_unit, warnings, timings, spacing)  # type: ignore[arg-type]
+    return Translation(output, source_unit, source_mask, fake_unit, warnings, timings, spacing,  # type: ignore[arg-type]
+                       gap)

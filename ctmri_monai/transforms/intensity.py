@@ -3,6 +3,15 @@
 CT: an HU window [lo, hi] maps linearly to [-1, 1], clipped (MONAI's ``ScaleIntensityRange``; the functional
 forms below are the same formula for arrays). MRI has no absolute scale: ``MRINormalize`` maps the foreground's
 lower / upper percentiles to -1 / +1. 8-bit image files map [0, 255] to [-1, 1].
+
+When the training MRI normalisation is unknown (8-bit images nobody described), percentiles alone leave a volume's
+in-head distribution wherever its gain, offset and gamma put it. `NyulStandardize` then maps the volume's framed in-head
+quantiles at ``NYUL_LEVELS`` piecewise linearly onto the training images' (Nyul and Udupa's histogram
+standardisation), with -1 and +1 pinned. Not taken from elsewhere: MONAI has only histogram *equalisation*
+(``HistogramNormalize``); TorchIO's ``HistogramStandardization`` and ``intensity-normalization``'s ``NyulNormalize``
+learn landmarks from image files onto an arbitrary [0, 100] scale and pull in a large dependency tree (TorchIO:
+typer, rich, humanize, deprecated; intensity-normalization: scikit-image, ...), while here the landmarks are the
+training images' own framed [-1, 1] quantiles and the mapping itself is one ``np.interp``.
 """
 
 from __future__ import annotations
@@ -17,10 +26,11 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRanged, Transform
 
 from ctmri_monai.io.errors import ContractError, InputError
-from ctmri_monai.spec import ModelSpec
+from ctmri_monai.spec import NYUL_LEVELS, ModelSpec
 
-__all__ = ["MRINormalize", "MRINormalized", "ct_from_unit", "ct_to_unit", "eight_bit_to_unit", "mri_range",
-           "mri_to_unit", "require_ct_window", "unit_from_eight_bit", "volume_intensity"]
+__all__ = ["MRINormalize", "MRINormalized", "NyulStandardize", "NyulStandardized", "ct_from_unit", "ct_to_unit",
+           "eight_bit_to_unit", "mri_range", "mri_standardisation", "mri_to_unit", "require_ct_window",
+           "unit_from_eight_bit", "volume_intensity"]
 
 
 def _float(x: Any) -> torch.Tensor:
@@ -102,6 +112,55 @@ class MRINormalized(MapTransform):
         return d
 
 
+class NyulStandardize(Transform):
+    """[-1, 1] values -> the same with their in-head quantiles at ``NYUL_LEVELS`` moved piecewise linearly onto
+    ``landmarks`` (the training images' values at those levels); -1 and +1 stay, the result is clipped."""
+
+    def __init__(self, landmarks: Sequence[float]) -> None:
+        self.landmarks = np.asarray([float(v) for v in landmarks], np.float64)
+        if self.landmarks.size != len(NYUL_LEVELS):
+            raise ValueError(f"need {len(NYUL_LEVELS)} landmarks, got {self.landmarks.size}")
+
+    def __call__(self, img: torch.Tensor, mask: Any) -> torch.Tensor:
+        values = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        inside = values[np.asarray(mask, dtype=bool)]
+        if inside.size == 0:
+            return img
+        source = np.concatenate([[-1.0], np.percentile(inside, list(NYUL_LEVELS)), [1.0]])
+        target = np.concatenate([[-1.0], np.clip(self.landmarks, -1.0, 1.0), [1.0]])
+        source = np.maximum.accumulate(source + np.arange(source.size) * 1e-6)  # strictly increasing for interp
+        mapped = np.clip(np.interp(values, source, target), -1.0, 1.0).astype(np.float32)
+        out = torch.as_tensor(mapped)
+        if isinstance(img, MetaTensor):
+            out = MetaTensor(out)
+            out.copy_meta_from(img, copy_attr=True)
+        return out
+
+
+class NyulStandardized(MapTransform):
+    """Dictionary wrapper of `NyulStandardize`; the head mask is ``mask_key`` (values > 0 are head)."""
+
+    def __init__(self, keys: KeysCollection, landmarks: Sequence[float], mask_key: str = "head",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.standardize = NyulStandardize(landmarks)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        mask = np.asarray(d[self.mask_key].detach().cpu() if isinstance(d[self.mask_key], torch.Tensor)
+                          else d[self.mask_key]) > 0
+        for key in self.key_iterator(d):
+            d[key] = self.standardize(d[key], mask)
+        return d
+
+
+def mri_standardisation(spec: ModelSpec) -> tuple[float, ...] | None:
+    """The training MRI landmarks a volume is standardised onto: only when the training MRI normalisation is
+    unknown (8-bit images without a declared one) and the contract recorded them."""
+    return None if spec.mri.declared else spec.reference("mri").landmarks()
+
+
 def require_ct_window(spec: ModelSpec, origin: Any = "model") -> tuple[float, float]:
     """The contract's CT window; a `ContractError` naming ``origin`` (the model) and the option that supplies it
     when nobody declared it: no HU can be mapped as in training, in either direction."""
@@ -116,7 +175,8 @@ def require_ct_window(spec: ModelSpec, origin: Any = "model") -> tuple[float, fl
 
 def volume_intensity(spec: ModelSpec, domain: str, keys: KeysCollection) -> MapTransform:
     """The contract's intensity mapping of a volume of ``domain`` (a `ModelSpec`): CT through its HU window,
-    MRI by its foreground percentiles. A CT window nobody declared is a `ContractError`."""
+    MRI by its foreground percentiles (standardised onto the training landmarks after framing, where the head is
+    known: `ctmri_monai.transforms.pipelines.volume_pipeline`). A CT window nobody declared is a `ContractError`."""
     if domain == "ct":
         lo, hi = require_ct_window(spec, "model_spec")
         return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)

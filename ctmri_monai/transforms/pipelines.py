@@ -20,11 +20,17 @@ from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, Orientat
 from ctmri_monai.io.errors import ContractError
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.checks import CheckGeometryd, CheckImaged
-from ctmri_monai.transforms.intensity import unit_from_eight_bit, volume_intensity
+from ctmri_monai.transforms.intensity import (
+    NyulStandardized,
+    mri_standardisation,
+    unit_from_eight_bit,
+    volume_intensity,
+)
 from ctmri_monai.transforms.loading import LoadVolumed, SafeLoadImaged, pil_to_gray
+from ctmri_monai.transforms.mask import HeadMaskd
 from ctmri_monai.transforms.spatial import HORIZONTAL_FLIP_AXIS, InPlaneFramed
 
-__all__ = ["ORIENTATION_LABELS", "image_pipeline", "volume_pipeline"]
+__all__ = ["ORIENTATION_LABELS", "head_extent", "image_pipeline", "volume_pipeline"]
 
 ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # MONAI labels for RAS-style axis codes
 
@@ -59,21 +65,44 @@ def image_pipeline(spec: ModelSpec, training: bool = False, source_pixdim: Seque
     return Compose(steps)
 
 
+def head_extent(spec: ModelSpec, domain: str) -> float | None:
+    """The training head extent (frame px) a volume of ``domain`` is framed to: "fit" models that recorded it,
+    unless overridden to frame the field of view (`ctmri_monai.transforms.spatial`)."""
+    geometry = spec.geometry
+    if geometry.framing != "fit" or geometry.frame_by != "head":
+        return None
+    return spec.reference(domain).head_extent_px
+
+
 def volume_pipeline(spec: ModelSpec, domain: str, keys: KeysCollection = ("image",), load: bool = False,
-                    max_voxels: int | None = None) -> Compose:
+                    max_voxels: int | None = None, head_key: str | None = None) -> Compose:
     """A (1, X, Y, Z) volume of ``domain`` (or, with ``load``, its path) -> (1, S, S, D) float32 in [-1, 1].
 
     Orientation ``spec.geometry.axcodes`` (default "PLS": axial slices along the last axis, upright in the
     radiological convention like the 2D images), the contract's intensity mapping, then the in-plane framing.
+    ``head_key`` (one image key only): also the input's head mask from its own units (`HeadMaskd`, +1 / -1), framed
+    like the image; it lets "fit" models frame by the head and, after framing, MRI of an unknown training
+    normalisation be standardised onto the training landmarks (`NyulStandardized`).
     """
     keys = _keys(keys)
     geometry = spec.geometry
     steps: list = [LoadVolumed(keys, max_voxels=max_voxels), CheckGeometryd(keys, spec)] if load else []
+    steps.append(CheckImaged(keys, spatial_ndim=3, max_channels=1, reject_constant=True))
+    framed = keys
+    if head_key is not None:
+        if len(keys) != 1:
+            raise ValueError("head_key needs exactly one image key")
+        steps.append(HeadMaskd(keys[0], domain, head_key))
+        framed = [*keys, head_key]
     steps += [
-        CheckImaged(keys, spatial_ndim=3, max_channels=1, reject_constant=True),
-        Orientationd(keys, axcodes=geometry.axcodes, labels=ORIENTATION_LABELS),
+        Orientationd(framed, axcodes=geometry.axcodes, labels=ORIENTATION_LABELS,
+                     allow_missing_keys=head_key is not None),
         volume_intensity(spec, domain, keys),
-        InPlaneFramed.from_geometry(keys, geometry),
-        EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+        InPlaneFramed.from_geometry(framed, geometry, head_extent=head_extent(spec, domain) if head_key else None,
+                                    head_key=head_key, allow_missing_keys=head_key is not None),
     ]
+    landmarks = mri_standardisation(spec) if head_key is not None and domain == "mri" else None
+    if landmarks is not None:  # on the frames, where the training landmarks were measured
+        steps.append(NyulStandardized(keys, landmarks, head_key))
+    steps.append(EnsureTyped(framed, dtype=torch.float32, track_meta=True))
     return Compose(steps)

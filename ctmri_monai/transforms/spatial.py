@@ -7,6 +7,12 @@ longer side is S px; "crop" keeps the (finer) pixel size; "resize_crop" scales t
 ``round(S * 286 / 256)`` px (the reference CycleGAN's load size). Then the frame is centre-cropped / padded with
 ``background`` to S x S ("resize_crop": a random crop position in training).
 
+Head-scale framing (a "fit" model that recorded its training head size ``head_extent`` px, given the input's head
+mask): a volume is scaled so that its head's bounding box over the whole volume (longer in-plane side) spans
+``head_extent`` px, as the training heads did, instead of fitting its field of view; the frame is cut around the
+head's centre (MONAI ``SpatialCrop``) where the scaled image is larger than S, then padded. One scale for every
+slice of a volume: the training median was taken over single images, most of them near the head's widest section.
+
 Resampling is MONAI's ``Resize`` (bilinear, Gaussian anti-aliasing when shrinking) on ``image - background``, so
 the anti-aliasing filter's zero padding and the crop / pad fill are both background. Every step is recorded in
 ``applied_operations``; ``inverse`` (and ``Compose.inverse``) restores the input's grid exactly in shape.
@@ -30,10 +36,12 @@ from monai.transforms import (
     RandSpatialCrop,
     Resize,
     ResizeWithPadOrCrop,
+    SpatialCrop,
 )
 
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.spec import FRAMINGS, SliceGeometry
+from ctmri_monai.transforms.mask import mask_extent
 
 __all__ = ["HORIZONTAL_FLIP_AXIS", "InPlaneFrame", "InPlaneFramed", "framed_size", "in_plane_spacing"]
 
@@ -81,14 +89,18 @@ class InPlaneFrame(InvertibleTransform, Randomizable):
         source_pixdim: pixel size of 2D image files when known (a dataset card); volumes use their affine.
         random_crop: "resize_crop" crops at a random position (training) instead of the centre.
         background: the value of air in the input's scale ([-1, 1] network scale: -1).
+        head_extent: "fit" only: frame by the head (module docstring) at this extent in px, when the call gives
+            a head mask.
     """
 
     def __init__(self, image_size: int, framing: str = "fit", pixdim: Sequence[float] | None = None,
                  source_pixdim: Sequence[float] | None = None, random_crop: bool = False,
-                 background: float = -1.0) -> None:
+                 background: float = -1.0, head_extent: float | None = None) -> None:
         self.geometry = SliceGeometry(image_size=image_size, framing=framing, pixdim=pixdim)
         self.source_pixdim = source_pixdim
         self.background = float(background)
+        self.head_extent = float(head_extent) if head_extent and framing == "fit" else None
+        self._head_crop = SpatialCrop(roi_slices=[slice(None)] * 3)
         s = self.geometry.image_size
         self._resize = {2: Resize((s, s), mode="bilinear", anti_aliasing=True),
                         3: Resize((s, s, -1), mode="bilinear", anti_aliasing=True)}
@@ -108,38 +120,66 @@ class InPlaneFrame(InvertibleTransform, Randomizable):
     def randomize(self, data: Any = None) -> None:
         pass  # the inner RandSpatialCrop draws its own position
 
-    def _steps(self, ndim: int) -> list:
+    def _steps(self, ndim: int, head: bool = False) -> list:
         last = self._crop if self.geometry.framing == "resize_crop" else self._pad_or_crop
-        return [self._resize[ndim], last[ndim]]
+        return [self._resize[ndim], *([self._head_crop] if head else []), last[ndim]]
 
-    def __call__(self, img: torch.Tensor) -> MetaTensor:
+    def head_scale(self, shape: Sequence[int], mask: Any) -> tuple[tuple[int, int], tuple[float, float]] | None:
+        """(resized in-plane size, head centre in it) of head-scale framing for an input of in-plane ``shape``
+        with head ``mask`` (in-plane axes first); None when this frame does not frame by the head."""
+        extent = mask_extent(np.asarray(mask, dtype=bool)) if self.head_extent and mask is not None else None
+        if extent is None or extent[0] <= 0:
+            return None
+        scale = self.head_extent / extent[0]  # the same factor on both axes: pixels are square in the frame
+        size = tuple(max(1, int(round(int(n) * scale))) for n in shape[:2])
+        return size, (extent[1][0] * size[0] / shape[0], extent[1][1] * size[1] / shape[1])  # type: ignore
+
+    def __call__(self, img: torch.Tensor, head_mask: Any = None) -> MetaTensor:
+        """Frame ``img``; ``head_mask`` ((H, W) or (X, Y, Z), the input's head) selects head-scale framing."""
         img = img if isinstance(img, MetaTensor) else MetaTensor(img)
         ndim = img.ndim - 1
         if ndim not in (2, 3):
             name = img.meta.get("filename_or_obj", "<in-memory image>")
             raise InputError(name, f"in-plane framing expects (C, H, W) or (C, X, Y, Z), got {tuple(img.shape)}")
-        size = framed_size(img.shape[1:3], in_plane_spacing(img, self.source_pixdim), self.geometry.image_size,
-                           self.geometry.framing, self.geometry.pixdim)
+        spacing = in_plane_spacing(img, self.source_pixdim)
+        if abs(spacing[0] - spacing[1]) > 1e-3 * max(spacing):
+            head = None  # head-scale framing assumes square pixels: keep the field of view fit for the others
+        else:
+            head = self.head_scale(img.shape[1:3], head_mask)
+        size = head[0] if head else framed_size(img.shape[1:3], spacing, self.geometry.image_size,
+                                                self.geometry.framing, self.geometry.pixdim)
         self.last_resized_size = size  # before crop / pad: the framing checks read it
-        resize, last = self._steps(ndim)
-        resize.spatial_size = size if ndim == 2 else (*size, -1)
-        return last(resize(img - self.background)) + self.background
+        steps = self._steps(ndim, head is not None)
+        steps[0].spatial_size = size if ndim == 2 else (*size, -1)
+        if head is not None:
+            s = self.geometry.image_size
+            starts = [int(np.clip(round(c - s / 2.0), 0, max(n - s, 0))) for c, n in zip(head[1], size, strict=True)]
+            self._head_crop.slices = tuple(slice(a, a + s) for a in starts) + (slice(None),) * (ndim - 2)
+        out = img - self.background
+        for step in steps:
+            out = step(out)
+        return out + self.background
 
     def inverse(self, data: torch.Tensor) -> MetaTensor:
         img = data - self.background  # MONAI refills cropped parts with 0: background after the shift
-        for step in reversed(self._steps(img.ndim - 1)):
+        ops = getattr(img, "applied_operations", [])
+        head = len(ops) >= 2 and ops[-2].get("class") == "SpatialCrop"
+        for step in reversed(self._steps(img.ndim - 1, head)):
             img = step.inverse(img)
         return img + self.background
 
 
 class InPlaneFramed(MapTransform, InvertibleTransform, Randomizable):
-    """Dictionary wrapper of `InPlaneFrame` (built from a `SliceGeometry` with `from_geometry`)."""
+    """Dictionary wrapper of `InPlaneFrame` (built from a `SliceGeometry` with `from_geometry`). ``head_key``:
+    the key of the input's head mask (+1 head, -1 air; framed like the image) that head-scale framing reads."""
 
     def __init__(self, keys: KeysCollection, image_size: int, framing: str = "fit",
                  pixdim: Sequence[float] | None = None, source_pixdim: Sequence[float] | None = None,
-                 random_crop: bool = False, background: float = -1.0, allow_missing_keys: bool = False) -> None:
+                 random_crop: bool = False, background: float = -1.0, allow_missing_keys: bool = False,
+                 head_extent: float | None = None, head_key: str | None = None) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.frame = InPlaneFrame(image_size, framing, pixdim, source_pixdim, random_crop, background)
+        self.frame = InPlaneFrame(image_size, framing, pixdim, source_pixdim, random_crop, background, head_extent)
+        self.head_key = head_key
 
     @classmethod
     def from_geometry(cls, keys: KeysCollection, geometry: SliceGeometry, **kwargs: Any) -> InPlaneFramed:
@@ -155,8 +195,11 @@ class InPlaneFramed(MapTransform, InvertibleTransform, Randomizable):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        head = d.get(self.head_key) if self.head_key else None
+        mask = None if head is None else np.asarray(head.detach().cpu() if isinstance(head, torch.Tensor)
+                                                    else head)[0] > 0
         for key in self.key_iterator(d):
-            d[key] = self.frame(d[key])
+            d[key] = self.frame(d[key], mask)
         return d
 
     def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
