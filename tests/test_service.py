@@ -1,12 +1,12 @@
 """The conversion service object: one model, many inputs; outputs byte-identical to the conversion before it.
 
-Equivalence: the base commit's conversion layer (``convert/`` and the DICOM reader/writer of d7bdf90, the commit
-before the service) is laid over a copy of today's package, so both roads run on the same lower layers (engines,
-transforms, io); it converts the same inputs with the same checkpoint in a child process, and today's
-``ctmri convert`` does too. NIfTI files and QA montages must be byte-identical, summary records equal but for
-timings, and DICOM slices equal element by element but for the fresh UIDs, the creation dates and the two
-synthetic labels this change adds. A negative control (background masking switched off) shows the comparison
-fails when outputs differ.
+Equivalence: the base commit's conversion layer (``convert/`` and the DICOM reader/writer of ``BASE``, the last
+commit before the service, which already carries issue 17's domain-gap figures) is laid over a copy of today's
+package, so both roads run on the same lower layers (engines, transforms, io); it converts the same inputs with the
+same checkpoint in a child process, and today's ``ctmri convert`` does too. NIfTI files and QA montages must be
+byte-identical, summary records equal but for timings, and DICOM slices equal element by element but for the fresh
+UIDs, the creation dates and the two synthetic labels this change adds. A negative control (background masking
+switched off) shows the comparison fails when outputs differ.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ctmri_monai.convert import ConversionService, ConvertOptions, convert_volum
 from ctmri_monai.io.dicom_series import SyntheticSeriesError, synthetic_origin
 from ctmri_monai.io.errors import ContractError
 
-BASE = "d7bdf90"
+BASE = "27dcf6a14f"  # issue 17's tip: the conversion layer just before the service object, with the gap figures
 OLD_FILES = ["ctmri_monai/convert/__init__.py", "ctmri_monai/convert/batch.py", "ctmri_monai/convert/cli.py",
              "ctmri_monai/convert/inputs.py", "ctmri_monai/convert/pipeline.py", "ctmri_monai/convert/qa.py",
              "ctmri_monai/io/dicom_write.py", "ctmri_monai/io/dicom_series.py"]
