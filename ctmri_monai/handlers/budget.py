@@ -4,8 +4,9 @@ The handler measures iterations per second over a window (the first ``measure_se
 budget), then plans the total number of iterations so the run ends inside the budget, and spreads the
 learning-rate schedule over them with the paper's 1:1 ratio of constant and decaying learning rate, so the
 learning rate reaches zero at the last iteration. It re-plans every window with the speed of the most recent
-window (other load on the machine varies); a re-plan during the decay continues the decay from the current
-learning rate (no jump back up), so the 1:1 split becomes approximate. Plans are in iterations, not epochs,
+window (other load on the machine varies), and at every iteration in the last three windows, so the planned end
+comes before the hard stop even when the machine slows down; a re-plan during the decay continues the decay from
+the current learning rate (no jump back up), so the 1:1 split becomes approximate. Plans are in iterations, not epochs,
 so a budget shorter than one epoch still ends with the learning rate at zero. The validator runs once after the
 first window, and the time of the latest validation is reserved for the final one (``ValidateOnCompleted``),
 so the run, final validation and best checkpoint included, ends inside the budget.
@@ -83,23 +84,27 @@ class TimeBudgetHandler:
 
     def _iteration_completed(self, engine: Engine) -> None:
         assert self.budget is not None
+        if self.planned_iterations is not None and engine.state.iteration >= self.planned_iterations:
+            logger.info("time budget: planned %d iterations done", self.planned_iterations)
+            engine.terminate()  # before any re-plan: the schedule has ended, a later plan must not extend it
+            return
         now = time.perf_counter()
         self.samples.append((now, engine.state.iteration))
         while len(self.samples) > 2 and now - self.samples[1][0] >= self.window:
             self.samples.popleft()
         span = now - self.samples[0][0]
-        due = self.last_plan is None or now - self.last_plan >= self.window
+        # near the end (the last three windows) re-plan at every iteration, so a slow-down after the last plan
+        # shortens the schedule instead of reaching the hard stop with the learning rate above zero
+        closing = self.budget - self.elapsed() - self.validation_seconds < 3 * self.window
+        due = self.last_plan is None or now - self.last_plan >= self.window or closing
         if due and span >= self.window and span > 0:  # the first sample (warm-up) starts the window
             rate = (engine.state.iteration - self.samples[0][1]) / span
             if self.last_plan is None and self.validate_first and self.validator is not None:
                 self._validate_now(engine)  # measures what the final validation will cost
-            self._plan(engine, rate)
+            self._plan(engine, rate, log=not closing)
             self.last_plan = now = time.perf_counter()
         reserve = self.reserve_seconds + self.validation_seconds
-        if self.planned_iterations is not None and engine.state.iteration >= self.planned_iterations:
-            logger.info("time budget: planned %d iterations done", self.planned_iterations)
-            engine.terminate()
-        elif self.elapsed() >= self.budget - reserve:
+        if self.elapsed() >= self.budget - reserve:
             logger.warning("time budget reached at epoch %d, iteration %d: stopping", engine.state.epoch,
                            engine.state.iteration)
             engine.terminate()
@@ -111,7 +116,7 @@ class TimeBudgetHandler:
         self.validator.run(engine.state.epoch)
         logger.info("time budget: one validation takes %.1f s; reserved for the final one", self.validation_seconds)
 
-    def _plan(self, engine: Engine, iterations_per_second: float) -> None:
+    def _plan(self, engine: Engine, iterations_per_second: float, log: bool = True) -> None:
         done = engine.state.iteration
         remaining = max(0.0, self.budget - self.elapsed() - self.reserve_seconds - self.validation_seconds)
         total = max(done + 1, done + math.floor(iterations_per_second * remaining * self.safety))
@@ -119,8 +124,9 @@ class TimeBudgetHandler:
         engine.state.max_epochs = max(engine.state.epoch, math.ceil(total / engine.state.epoch_length))
         for scheduler in self.schedulers:
             self._respread(scheduler, total)
-        logger.info("time budget %.1f min: %.2f it/s, planning %d iterations (%.2f epochs)", self.budget / 60,
-                    iterations_per_second, total, total / engine.state.epoch_length)
+        (logger.info if log else logger.debug)("time budget %.1f min: %.2f it/s, planning %d iterations (%.2f epochs)",
+                                               self.budget / 60, iterations_per_second, total,
+                                               total / engine.state.epoch_length)
 
     def _respread(self, scheduler: Any, total: int) -> None:
         """Fit the rule to end at zero at iteration ``total - 1``, continuous at the next step."""
