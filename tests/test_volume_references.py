@@ -22,6 +22,7 @@ from ctmri_monai.data import spec_for_dataset, split_files
 from ctmri_monai.data.reference import measure_volume_reference
 from ctmri_monai.engines.slices import translate_volume
 from ctmri_monai.io.checkpoint_file import atomic_torch_save
+from ctmri_monai.io.errors import InputError
 from ctmri_monai.networks import define_generator
 from ctmri_monai.phantoms import make_phantoms
 from ctmri_monai.spec import ModelSpec
@@ -58,6 +59,13 @@ def test_a_volumes_contract_records_references_of_its_training_split(phantoms, s
     assert spec.mri.declared and spec.geometry.framing == "spacing"
     assert "standardised" not in spec.describe()
     assert ModelSpec.from_state(spec.state_dict()).training == spec.training  # survives the checkpoint
+
+
+def test_a_broken_training_volume_is_named_in_one_error(spec, tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a volume")
+    with pytest.raises(InputError, match="broken.nii.gz"):
+        measure_volume_reference([bad], spec, "ct")
 
 
 def test_a_training_volume_is_framed_and_masked_as_conversion_frames_it(phantoms, spec):

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ctmri_monai.data.folders import IMAGE_FOLDERS, list_images, split_files
+from ctmri_monai.data.images import reraise_input_error
 from ctmri_monai.data.volumes import MIN_FOREGROUND
 from ctmri_monai.spec import ModelSpec, TrainingReference
 from ctmri_monai.transforms.gap import in_head_quantiles, quantile_distance
@@ -107,7 +108,10 @@ def measure_volume_reference(files: Sequence[Path], spec: ModelSpec, domain: str
     pooled: list[np.ndarray] = []
     singles: list[np.ndarray] = []
     for path in _subsample(files, max_volumes, rng):
-        framed = pipeline({"image": str(path)})
+        try:
+            framed = pipeline({"image": str(path)})
+        except Exception as exc:  # noqa: BLE001 - unwrap MONAI's RuntimeError: one error naming the file
+            reraise_input_error(exc)
         frames, mask = framed["image"].as_tensor()[0].numpy(), np.asarray(framed["head"])[0] > 0
         extent = mask_extent(mask)
         if extent is None:
