@@ -21,6 +21,7 @@ from ctmri_monai.convert.batch import format_table
 from ctmri_monai.data import spec_for_dataset, split_files
 from ctmri_monai.data.reference import measure_volume_reference
 from ctmri_monai.engines.slices import translate_volume
+from ctmri_monai.handlers.checkpoint import contract_differences
 from ctmri_monai.io.checkpoint_file import atomic_torch_save
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.networks import define_generator
@@ -115,3 +116,11 @@ def test_volume_conversions_report_the_gap_and_far_volumes_are_flagged(phantoms,
         assert cell in row and row.count("!") == far
         assert cell in capsys.readouterr().out  # the table ctmri convert prints
     assert gap["head_size_ratio"] == pytest.approx(1.5, abs=0.08)
+
+
+def test_a_volume_run_from_before_the_references_resumes_and_a_changed_contract_is_still_refused(spec):
+    """The references change nothing a volume model's generator sees: an older checkpoint without them resumes
+    (no difference); a changed pixel size still differs (negative control)."""
+    older = {**spec.state_dict(), "training": {}}
+    assert contract_differences(older, spec) == {}
+    assert "geometry.pixdim" in contract_differences(older, spec.with_overrides(pixdim=(4.0, 4.0)))
