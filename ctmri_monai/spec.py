@@ -164,12 +164,13 @@ class SliceGeometry:
 @dataclass
 class TrainingReference:
     """What the training images of one domain looked like, measured when the contract was built (on a subsample:
-    ``images`` of them). ``head_extent_px``: median longer side of the head's bounding box in the frame, with its
-    25th / 75th percentiles ``head_extent_spread`` (and ``head_extent_mm`` where the pixel size is known);
-    ``quantiles``: in-head [-1, 1] values at ``QUANTILE_LEVELS``; ``halves_distance``: 1-Wasserstein distance
-    between the in-head values of two random halves of those images (the yardstick of the domain gap);
-    ``image_distance_p95``: the 95th percentile of single training images' distances to all of them (what one
-    image of the training set itself may reach: the "far from training" limit)."""
+    ``images`` of them; whole volumes are the unit for models trained on volumes). ``head_extent_px``: median
+    longer side of the head's bounding box in the frame, with its 25th / 75th percentiles ``head_extent_spread``
+    (and ``head_extent_mm`` where the pixel size is known); ``quantiles``: in-head [-1, 1] values at
+    ``QUANTILE_LEVELS``; ``halves_distance``: 1-Wasserstein distance between the in-head values of two random halves
+    of those images (the yardstick of the domain gap); ``image_distance_p95``: the 95th percentile of single
+    training images' distances to all of them (what one image of the training set itself may reach: the "far from
+    training" limit)."""
 
     head_extent_px: float | None = None
     head_extent_spread: tuple[float, float] | None = None

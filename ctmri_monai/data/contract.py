@@ -1,7 +1,9 @@
 """The contract of a model about to be trained: its `ModelSpec`, from the dataset (layout and card) and the config.
 
 * volumes layout: CT through the HU window ``ct_window``, MRI by foreground percentiles, slices resampled to
-  ``pixdim`` mm and centre-cropped / padded (framing "spacing").
+  ``pixdim`` mm and centre-cropped / padded (framing "spacing"); the training split's head sizes, in-head
+  intensity quantiles and halves' distance are measured on a subsample of volumes (`ctmri_monai.data.reference`),
+  for the domain gap of every conversion.
 * images layout: the 8-bit CT images saw HU through the window they were exported with, which only the dataset
   card (or an explicit ``ct_window``) can tell; without it the window stays unknown and HU volumes will be refused
   at conversion. Slices are framed by the size policy; when the card gives the images' pixel size (the same
@@ -23,7 +25,7 @@ from PIL import Image
 
 from ctmri_monai.data.card import DatasetCard, find_card
 from ctmri_monai.data.folders import IMAGE_FOLDERS, detect_layout, list_images
-from ctmri_monai.data.reference import training_references
+from ctmri_monai.data.reference import training_references, volume_training_references
 from ctmri_monai.io.errors import ContractError, InputError
 from ctmri_monai.spec import CTIntensity, ModelSpec, MRIIntensity, NetworkSpec, SliceGeometry
 from ctmri_monai.transforms.spatial import framed_size
@@ -72,9 +74,11 @@ def spec_for_dataset(dataset_dir: str | os.PathLike, *, layout: str = "auto",
                      dataset_card: str | os.PathLike | None = None, image_size: int = 256, size_policy: str = "fit",
                      pixdim: Sequence[float] | None = None, ct_window: Sequence[float] | None = None,
                      mri_percentiles: Sequence[float] | None = None, context_slices: int = 0,
-                     network: Mapping[str, Any] | None = None) -> ModelSpec:
+                     network: Mapping[str, Any] | None = None, val_fraction: float = 0.1,
+                     seed: int = 0) -> ModelSpec:
     """The `ModelSpec` for training on ``dataset_dir`` (module docstring). ``None`` values take the `ModelSpec`
-    defaults; with 2D images, an explicit ``ct_window`` declares their export window (over the card's)."""
+    defaults; with 2D images, an explicit ``ct_window`` declares their export window (over the card's).
+    ``val_fraction`` / ``seed``: the training split of volumes (`split_files`), whose references are measured."""
     root = Path(dataset_dir)
     layout = detect_layout(root) if layout == "auto" else layout
     channels = 2 * int(context_slices) + 1
@@ -84,7 +88,9 @@ def spec_for_dataset(dataset_dir: str | os.PathLike, *, layout: str = "auto",
         ct = CTIntensity(**({} if ct_window is None else {"window": tuple(ct_window)}))
         geometry = SliceGeometry(image_size=image_size, framing="spacing", context_slices=context_slices,
                                  **({} if pixdim is None else {"pixdim": tuple(pixdim)}))
-        return ModelSpec(network=net, ct=ct, mri=MRIIntensity(**mri_kwargs), geometry=geometry, layout="volumes")
+        spec = ModelSpec(network=net, ct=ct, mri=MRIIntensity(**mri_kwargs), geometry=geometry, layout="volumes")
+        spec.training = volume_training_references(root, spec, val_fraction, seed)
+        return spec
     if context_slices:
         raise ContractError(root, f"context_slices {context_slices}: 2D image folders have no neighbouring slices; "
                                   "train with context_slices 0 or on a volumes layout")

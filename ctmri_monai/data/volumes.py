@@ -19,7 +19,10 @@ from ctmri_monai.transforms.context import slice_stack
 from ctmri_monai.transforms.mask import head_mask
 from ctmri_monai.transforms.spatial import HORIZONTAL_FLIP_AXIS
 
-__all__ = ["VolumeSliceDataset"]
+__all__ = ["MIN_FOREGROUND", "VolumeSliceDataset"]
+
+#: A head slice: its head covers more than this share of the frame (the slices training serves).
+MIN_FOREGROUND = 0.05
 
 
 class VolumeSliceDataset(Dataset, Randomizable):
@@ -40,8 +43,8 @@ class VolumeSliceDataset(Dataset, Randomizable):
     """
 
     def __init__(self, files: Sequence[str | Path], transform: Callable, context: int = 0,
-                 slices_per_volume: int | None = None, min_foreground: float = 0.05, random_slices: bool = False,
-                 random_flip: bool = False, cache_volumes: int = 4) -> None:
+                 slices_per_volume: int | None = None, min_foreground: float = MIN_FOREGROUND,
+                 random_slices: bool = False, random_flip: bool = False, cache_volumes: int = 4) -> None:
         self.files = [Path(f) for f in files]
         if not self.files:
             raise InputError("volume dataset", "no volumes given")

@@ -150,8 +150,10 @@ def contract_differences(recorded: Any, current: ModelSpec) -> dict[str, tuple[A
     """{field: (checkpoint's value, configuration's value)} for every contract field that changes what the
     generator sees (intensity, geometry, layout, network); ``recorded``: a checkpoint's ``model_spec`` state."""
     old, new = _flat(ModelSpec.from_state(recorded).state_dict()), _flat(current.state_dict())
+    # A volumes model's training references only measure its gap (no head framing, no standardisation).
+    unseen = ("training.",) if current.layout == "volumes" else ()
     return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
-            if k not in _NOT_SEEN and old.get(k) != new.get(k)}
+            if k not in _NOT_SEEN and not k.startswith(unseen) and old.get(k) != new.get(k)}
 
 
 class ResumeHandler:

@@ -8,8 +8,9 @@ Two figures per volume, both against the contract's `TrainingReference` of the s
 * ``head_size_ratio``: the framed head's extent (longer side of its bounding box over the whole volume, frame px)
   over the training median.
 
-A volume is "far from training" when its intensity distance exceeds what single training images reach (the 95th
-percentile of their distances to the whole training set, ``image_distance_p95``; ``FAR_INTENSITY_RATIO`` times the
+A volume is "far from training" when its intensity distance exceeds what single training images (volumes, for
+models trained on volumes) reach (the 95th percentile of their distances to the whole training set,
+``image_distance_p95``; ``FAR_INTENSITY_RATIO`` times the
 halves' distance for contracts without it) or the head size differs from the training median by more than
 ``FAR_HEAD_SIZE`` (relative); the message names both figures and the limit. 1-D
 Wasserstein distances come from quantile functions (W1 = integral over u of |F^-1(u) - G^-1(u)|), approximated on
@@ -73,10 +74,11 @@ def domain_gap(spec: ModelSpec, domain: str, frames: np.ndarray, mask: np.ndarra
         limit = round(ref.image_distance_p95 / ref.halves_distance, 2)
     out["intensity_limit"] = limit if ref.quantiles is not None else None
     far_intensity = out["intensity_ratio"] is not None and out["intensity_ratio"] > limit
+    units = "volumes" if spec.layout == "volumes" else "images"
     far_size = out["head_size_ratio"] is not None and abs(out["head_size_ratio"] - 1.0) > FAR_HEAD_SIZE
     if far_intensity or far_size:
         out["far"] = True
         out["message"] = (f"far from training: in-head intensities {out['intensity_ratio']}x the training halves' "
-                          f"distance (limit {limit:g}x: single training images), head size "
+                          f"distance (limit {limit:g}x: single training {units}), head size "
                           f"{out['head_size_ratio']}x the training median (limit +-{FAR_HEAD_SIZE:.0%})")
     return out
