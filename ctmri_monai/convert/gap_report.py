@@ -55,7 +55,7 @@ def gap_table(rows: Sequence[Mapping[str, Any]]) -> str:
                       (gap and gap.get("far")) else ""))
     far = sum(bool(r.get("gap") and r["gap"].get("far")) for r in rows)
     lines.append(f"{len(rows)} inputs, {far} far from training (in-head intensities further than single training "
-                 f"images reach, or head size off by more than {FAR_HEAD_SIZE:.0%})")
+                 f"images / volumes reach, or head size off by more than {FAR_HEAD_SIZE:.0%})")
     return "\n".join(lines)
 
 
