@@ -3,7 +3,7 @@ generators of a CycleGAN checkpoint, on the network's (S, S, D) frames.
 
 Three signals that need no paired ground truth, each a per-voxel map smoothed in-plane (Gaussian, ``SMOOTH_PX``):
 
-* ``structure``: ``mean_r |MIND_r(output) - MIND_r(input)|`` (`ctmri_monai.losses.mind_descriptor`, the settings
+* ``structure``: ``max_r |MIND_r(output) - MIND_r(input)|`` of the two images denoised (``DENOISE_PX``) (`ctmri_monai.losses.mind_descriptor`, the settings
   of the structure loss), in [0, 1]: edges the output invented, lost or moved. MIND compares where the edges are,
   not which side is brighter, so it works across CT and MRI.
 * ``cycle``: ``|backward(output) - input| / 2`` in [0, 1]: what the other generator cannot bring back.
@@ -43,7 +43,7 @@ from scipy.ndimage import gaussian_filter
 from ctmri_monai.engines.slices import infer_slices
 from ctmri_monai.losses import mind_descriptor
 
-__all__ = ["COMBINED", "FLOOR", "MARGIN", "QUANTILE", "SIGNALS", "SMOOTH_PX", "Disagreement", "combine_signals",
+__all__ = ["COMBINED", "FLOOR", "QUANTILE", "SIGNALS", "SMOOTH_PX", "Disagreement", "combine_signals",
            "disagreement_map", "disagreement_signals", "structure_disagreement"]
 
 Generator = Callable[[torch.Tensor], torch.Tensor]
@@ -57,14 +57,16 @@ DENOISE_PX = 1.0
 #: MIND's flatness contrast for the map: half the structure loss's 0.2, so that the weak grey / white matter edges
 #: of CT in a brain window (about 0.25 in [-1, 1]) count as structure once the noise is smoothed away.
 MIND_EPS = 0.1
-#: Per signal, the level below which it is noise for a model that converts well: the 99.5th percentile inside the
-#: head of clean oracle conversions of six phantoms (structure: 0.38 CT -> MRI, 0.49 MRI -> CT; cycle: 0.43, 0.45),
-#: pooled and rounded. The oracle is exactly flip- and shift-equivariant, so the stability floor is set, not measured:
-#: 0.05, a tenth of a grey-matter / white-matter step in [-1, 1].
-FLOOR: dict[str, float] = {"structure": 0.45, "cycle": 0.45, "stability": 0.05}
-#: Per-volume scale: the signal's QUANTILE inside the head, times MARGIN (benchmarks.md).
+#: Per direction and signal, the level below which it is noise for a model that converts well: the 99.9th
+#: percentile inside the head of clean conversions of six phantoms by the tissue oracle (benchmarks.md), rounded.
+#: The oracle is exactly flip- and shift-equivariant, so the stability floor is set, not measured: 0.05, a tenth
+#: of a grey-matter / white-matter step in [-1, 1].
+FLOOR: dict[str, dict[str, float]] = {
+    "ct2mri": {"structure": 0.73, "cycle": 0.50, "stability": 0.05},
+    "mri2ct": {"structure": 0.89, "cycle": 0.59, "stability": 0.05},
+}
+#: Per-volume scale: the signal's QUANTILE inside the head, where it is above the floor (a weaker model).
 QUANTILE = 0.99
-MARGIN = 1.25
 #: The signals the map combines (the others are diagnostics); decided by the benchmark (module docstring).
 COMBINED = ("structure",)
 
@@ -94,14 +96,14 @@ def _smooth(x: np.ndarray, sigma: float = SMOOTH_PX) -> np.ndarray:
 
 
 def structure_disagreement(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """``mean_r |MIND_r(a) - MIND_r(b)|`` per voxel of two (S, S, D) frame stacks (axial slices along the last
+    """``max_r |MIND_r(a) - MIND_r(b)|`` per voxel of two (S, S, D) frame stacks (axial slices along the last
     axis), float32 in [0, 1], unsmoothed; the descriptors of ``chunk`` slices at a time."""
     ta = torch.from_numpy(_smooth(_frames(a), DENOISE_PX)).permute(2, 0, 1).unsqueeze(1)
     tb = torch.from_numpy(_smooth(_frames(b), DENOISE_PX)).permute(2, 0, 1).unsqueeze(1)
     out = torch.empty(ta.shape[0], ta.shape[2], ta.shape[3])
     for i in range(0, ta.shape[0], chunk):
         ma, mb = mind_descriptor(ta[i:i + chunk], eps=MIND_EPS), mind_descriptor(tb[i:i + chunk], eps=MIND_EPS)
-        out[i:i + chunk] = (ma - mb).abs().mean(dim=1)
+        out[i:i + chunk] = (ma - mb).abs().amax(dim=1)
     return out.permute(1, 2, 0).contiguous().numpy()
 
 
@@ -125,23 +127,26 @@ def disagreement_signals(source: Any, output: Any, forward: Generator | None, ba
         rolled = infer_slices(forward, torch.from_numpy(np.roll(x, (shift, shift), (0, 1)))[None], **run)[0].numpy()
         unrolled = np.roll(rolled, (-shift, -shift), (0, 1))
         moved = np.maximum(np.abs(np.flip(flipped, flip_axis) - y), np.abs(unrolled - y))
-        signals["stability"] = _smooth(moved / 2.0)
+        # Rounded to 1e-4 of the scale: re-runs of one network differ by float rounding alone (far more under AMP).
+        signals["stability"] = np.round(_smooth(moved / 2.0), 4)
         passes += 2
     return signals, passes
 
 
-def _scale(signal: np.ndarray, head: np.ndarray, name: str) -> float:
+def _scale(signal: np.ndarray, head: np.ndarray, name: str, direction: str) -> float:
+    if direction not in FLOOR:
+        raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(FLOOR)}")
     inside = signal[head] if head.any() else signal.ravel()
-    return float(max(FLOOR[name], MARGIN * float(np.quantile(inside, QUANTILE))))
+    return float(max(FLOOR[direction][name], float(np.quantile(inside, QUANTILE))))
 
 
-def combine_signals(signals: dict[str, np.ndarray], head: np.ndarray | None = None,
+def combine_signals(signals: dict[str, np.ndarray], direction: str, head: np.ndarray | None = None,
                     how: str = "max") -> tuple[np.ndarray, dict[str, float]]:
     """Normalise each signal by its scale (module docstring) and combine them voxel-wise ("max", the default;
     "mean" and "product" (geometric mean) for the benchmark that chose it). Returns (map, scales)."""
     first = next(iter(signals.values()))
     head = np.ones(first.shape, bool) if head is None else np.asarray(head, bool)
-    scales = {name: _scale(s, head, name) for name, s in signals.items()}
+    scales = {name: _scale(s, head, name, direction) for name, s in signals.items()}
     parts = np.stack([np.clip(s / (2.0 * scales[name]), 0.0, 1.0) for name, s in signals.items()])
     if how == "max":
         combined = parts.max(axis=0)
@@ -154,15 +159,16 @@ def combine_signals(signals: dict[str, np.ndarray], head: np.ndarray | None = No
     return combined.astype(np.float32), scales
 
 
-def disagreement_map(source: Any, output: Any, forward: Generator | None, backward: Generator | None, *,
-                     head: np.ndarray | None = None, context: int = 0, batch_size: int = 16,
+def disagreement_map(source: Any, output: Any, forward: Generator | None, backward: Generator | None,
+                     direction: str, *, head: np.ndarray | None = None, context: int = 0, batch_size: int = 16,
                      device: str | torch.device = "cpu", amp: bool = True, flip_axis: int = 1, shift: int = 1,
                      how: str = "max") -> Disagreement:
     """The disagreement map of a conversion on its frames (module docstring).
 
     ``source``: the generator's input frames (S, S, D) in [-1, 1] (`Translation.source_unit`); ``output``: the
     forward generator's raw output frames (`Translation.fake_unit`); ``forward`` / ``backward``: the generator
-    that made it and the other one of the checkpoint (None drops their signals); ``head``: the input's head mask
+    that made it and the other one of the checkpoint (None drops their signals); ``direction``: "ct2mri" or
+    "mri2ct" (which floors apply); ``head``: the input's head mask
     (`Translation.source_mask`; outside it the map is 0); ``context``: the checkpoint's 2k + 1 slice context;
     ``flip_axis``: the frames' left-right axis (1 for the contract's "PLS" frames); ``shift``: pixels of the
     shift. Batching, device and mixed precision as `infer_slices`.
@@ -172,7 +178,7 @@ def disagreement_map(source: Any, output: Any, forward: Generator | None, backwa
                                            batch_size=batch_size, device=device, amp=amp, flip_axis=flip_axis,
                                            shift=shift)
     head_mask = np.ones(signals["structure"].shape, bool) if head is None else np.asarray(head, bool)
-    combined, scales = combine_signals({k: signals[k] for k in COMBINED if k in signals}, head_mask, how)
-    scales.update({k: _scale(s, head_mask, k) for k, s in signals.items() if k not in scales})
+    combined, scales = combine_signals({k: signals[k] for k in COMBINED if k in signals}, direction, head_mask, how)
+    scales.update({k: _scale(s, head_mask, k, direction) for k, s in signals.items() if k not in scales})
     combined[~head_mask] = 0.0
     return Disagreement(combined, signals, scales, passes, round(time.perf_counter() - start, 4))

@@ -22,9 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctmri_monai.phantoms.render import MRI_PNG_PERCENTILES, Phantom
 from ctmri_monai.transforms.context import centre_slice
+from ctmri_monai.transforms.intensity import ct_to_unit, mri_range, mri_to_unit
 
-__all__ = ["HIDDEN_QUANTUM", "HiddenCopy", "TissueOracle", "hide"]
+__all__ = ["BRAIN_WINDOW", "HIDDEN_QUANTUM", "HiddenCopy", "TissueOracle", "hide", "oracle_conversion", "unit_volumes"]
+
+#: The HU window of the phantoms' CT PNGs (level 40, width 120) as [lo, hi]: what a model trained on them sees.
+BRAIN_WINDOW = (-20.0, 100.0)
 
 #: Grey-level step of a steganographic output: the visible image is rounded to it, the hidden input lives below it.
 HIDDEN_QUANTUM = 1.0 / 32.0
@@ -89,3 +94,22 @@ class HiddenCopy(nn.Module):
         v = centre_slice(y).double()
         residue = v - torch.floor(v / HIDDEN_QUANTUM + 1e-6) * HIDDEN_QUANTUM
         return (residue.clamp(0.0, _HIDDEN_SPAN) / _HIDDEN_SPAN * 2.0 - 1.0).float()
+
+
+def unit_volumes(phantom: Phantom, window: tuple[float, float] = BRAIN_WINDOW) -> dict[str, np.ndarray]:
+    """A phantom's CT and MRI in the network's [-1, 1] scale (the contract's mappings), float32 (X, Y, Z)."""
+    lo, hi = mri_range(phantom.mri, MRI_PNG_PERCENTILES)
+    return {"ct": ct_to_unit(phantom.ct, window).numpy(), "mri": mri_to_unit(phantom.mri, lo, hi).numpy()}
+
+
+def oracle_conversion(phantom: Phantom, direction: str, window: tuple[float, float] = BRAIN_WINDOW
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, TissueOracle, TissueOracle]:
+    """Convert a phantom with oracles fitted on its own pair (the best per-pixel model for this subject): returns
+    the input frames, the output frames, the true counterpart (all [-1, 1]), the forward and backward oracle."""
+    units = unit_volumes(phantom, window)
+    source, target = direction.split("2")
+    forward = TissueOracle().fit(units[source], units[target])
+    backward = TissueOracle().fit(units[target], units[source])
+    with torch.no_grad():
+        output = forward(torch.from_numpy(units[source]).permute(2, 0, 1)[:, None])[:, 0].permute(1, 2, 0)
+    return units[source], output.contiguous().numpy(), units[target], forward, backward

@@ -22,9 +22,12 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from ctmri_monai.phantoms.anatomy import LABELS
 from ctmri_monai.transforms.context import centre_slice
 
-__all__ = ["ConsistentMistake", "plant_blob", "plant_deletion", "plant_shift"]
+__all__ = ["KINDS", "ConsistentMistake", "plant_blob", "plant_cases", "plant_deletion", "plant_shift"]
+
+KINDS = ("hallucination", "deletion", "misplacement")
 
 PLANT_TOL = 0.05  # smallest change (in [-1, 1]) that counts as planted
 
@@ -68,6 +71,29 @@ def plant_shift(frames: np.ndarray, box: tuple[slice, slice, slice], shift_px: S
     planted = frames.copy()
     planted[target] = frames[box]
     return planted, _changed(planted, frames, tol)
+
+
+def plant_cases(frames: np.ndarray, labels: np.ndarray, radius_px: float = 3.5,
+                shift_px: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The three `KINDS` planted into converted ``frames`` of a phantom with its ``labels`` (`LABELS`, same
+    grid): a hallucination, a disc of ``radius_px`` (three slices) of the output's CSF value in the deepest white
+    matter of a slice without a lesion; a deletion of the lesion (bleed, or mass with its oedema); a misplacement
+    of the lesion's box (2 px margin) moved ``shift_px`` pixels along both in-plane axes. The phantom must hold a
+    lesion. Returns kind -> (planted frames, planted region)."""
+    lesion = np.isin(labels, (LABELS["bleed"], LABELS["mass"], LABELS["edema"]))
+    if not lesion.any():
+        raise ValueError("the phantom holds no lesion to delete or move")
+    depth = ndimage.distance_transform_edt(labels == LABELS["white_matter"], sampling=(1.0, 1.0, 3.0))
+    depth[:, :, lesion.any(axis=(0, 1))] = 0.0
+    depth[:, :, :3] = depth[:, :, -3:] = 0.0
+    centre = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    csf = float(np.median(frames[labels == LABELS["csf"]]))
+    where = np.argwhere(lesion)
+    lo, hi = np.maximum(where.min(axis=0) - 2, 0), where.max(axis=0) + 3
+    box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(where[:, 2].min(), where[:, 2].max() + 1))
+    return {"hallucination": plant_blob(frames, centre, radius_px, csf, 1),
+            "deletion": plant_deletion(frames, lesion),
+            "misplacement": plant_shift(frames, box, (shift_px, shift_px))}
 
 
 class ConsistentMistake(nn.Module):
