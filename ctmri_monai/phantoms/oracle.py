@@ -81,7 +81,7 @@ class TissueOracle(nn.Module):
 def hide(visible: np.ndarray, secret: np.ndarray) -> np.ndarray:
     """``visible`` rounded to `HIDDEN_QUANTUM` steps with ``secret`` (same shape, in [-1, 1]) hidden below one
     step: the output looks like ``visible`` (off by less than one step) and `HiddenCopy` recovers ``secret``."""
-    steps = np.round(np.asarray(visible, np.float64) / HIDDEN_QUANTUM) * HIDDEN_QUANTUM
+    steps = np.floor(np.asarray(visible, np.float64) / HIDDEN_QUANTUM) * HIDDEN_QUANTUM
     payload = (np.clip(np.asarray(secret, np.float64), -1.0, 1.0) + 1.0) / 2.0 * _HIDDEN_SPAN
     return (steps + payload).astype(np.float32)
 
