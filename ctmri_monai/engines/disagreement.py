@@ -3,30 +3,35 @@ generators of a CycleGAN checkpoint, on the network's (S, S, D) frames.
 
 Three signals that need no paired ground truth, each a per-voxel map smoothed in-plane (Gaussian, ``SMOOTH_PX``):
 
-* ``structure``: ``max_r |MIND_r(output) - MIND_r(input)|`` of the two images denoised (``DENOISE_PX``) (`ctmri_monai.losses.mind_descriptor`, the settings
-  of the structure loss), in [0, 1]: edges the output invented, lost or moved. MIND compares where the edges are,
-  not which side is brighter, so it works across CT and MRI.
+* ``structure``: ``max_r |MIND_r(output) - MIND_r(input)|`` (`ctmri_monai.losses.mind_descriptor`, 8-neighbourhood)
+  of the two images denoised by ``DENOISE_PX``, with the flatness contrast ``MIND_EPS``; in [0, 1]: edges the output
+  invented, lost or moved. MIND describes where the edges are, not which side is brighter, so it compares CT with
+  MRI; the largest channel change counts (one lost edge direction is enough).
 * ``cycle``: ``|backward(output) - input| / 2`` in [0, 1]: what the other generator cannot bring back.
 * ``stability``: ``max(|flip G(flip input) - output|, |roll^-1 G(roll input) - output|) / 2`` in [0, 1]: how much
   the output moves under a left-right flip and a one-pixel shift of the input (G: the forward generator).
 
-Normalisation and combination, decided on the planted-error benchmark (bundle/docs/benchmarks.md, "Disagreement
-map"): each signal ``s`` is divided by its scale ``t = max(FLOOR[s], MARGIN * quantile_QUANTILE(s | head))`` and
-mapped to ``min(s / (2 t), 1)``, so 0.5 is the signal's flagging threshold; the map is the voxel-wise maximum of
-the normalised signals in ``COMBINED``. Measured: the structure signal alone ranked planted errors best (voxel
-AUROC 0.99 / 0.82 / 0.89 for blob / deletion / shift, CT -> MRI); adding the cycle by a maximum or a mean lowered
-every figure, because a per-pixel model cannot bring bone back from MRI (large honest cycle errors along the
-skull), and the stability signal is zero for a model whose mistakes are consistent. So ``COMBINED`` holds the
-structure signal only, and the cycle and stability maps are kept as diagnostics (``Disagreement.signals``). The
-known trap of a CycleGAN (Chu et al. 2017, "CycleGAN, a master of steganography"), a backward generator that
-reads the input back from faint patterns, drives the cycle-only AUROC of a planted deletion from 0.68 to 0.50
-while the map's stays at 0.82: a low cycle error never clears a voxel here. ``FLOOR`` is each signal's 99.5th
-percentile inside the head of clean conversions by the phantom tissue oracle (both directions); the per-volume
-quantile term keeps the share flagged on a weaker model's conversions near ``1 - QUANTILE`` instead of flagging
-everything. A warning, never a guarantee.
+Normalisation: each signal ``s`` is divided by its scale ``t = max(FLOOR[direction][s], quantile_QUANTILE(s | head))``
+and mapped to ``min(s / (2 t), 1)``, so 0.5 is the flagging threshold (`ctmri_monai.metrics.flagged`). The floor is
+the signal's 99.9th percentile on clean conversions by a model that converts well (the phantom tissue oracle), so
+a good model's clean volume flags about 0.1 % of its head; the per-volume 99th percentile takes over for a weaker
+model, whose clean output would otherwise be flagged everywhere (the map then ranks the volume's own most suspect
+voxels, and the raw signals stay in ``Disagreement.signals``).
+
+Combination, decided on the planted-error benchmark (scripts/bench_trust.py, bundle/docs/benchmarks.md
+"Disagreement map"; ten phantom heads, three kinds of planted error, two directions): the map is the structure
+signal alone (``COMBINED``). Adding the cycle by a maximum lowered the flagged-region Dice and, CT -> MRI, the AUROC
+(a per-pixel model cannot bring bone back from MRI, so honest cycle errors line the skull); a mean raised some
+AUROCs (MRI -> CT) but flagged nothing (Dice 0). The stability signal is blind to mistakes a network repeats
+consistently, which is what the planted proof simulates. And the cycle is the signal Chu et al. 2017 ("CycleGAN, a
+master of steganography") warn about: with the input hidden in faint patterns of the output, the backward generator
+reads it back whatever the output shows, and the cycle-only AUROC of a planted deletion fell from 0.84 to 0.12 on
+a bleed while the map's stayed at 0.80 (tests/test_disagreement.py). So a low cycle error never clears a voxel:
+the cycle and stability maps are diagnostics, not votes. A warning, never a guarantee.
 
 Cost: three extra forward passes per slice (backward on the output, forward on the flipped and on the shifted
-input), batched by `infer_slices` like conversion, plus MIND descriptors of two frames per slice.
+input), batched by `infer_slices` like conversion, plus two MIND descriptors per slice; on the CPU the MIND part
+is a few milliseconds per 64 x 64 slice.
 """
 
 from __future__ import annotations
