@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from ctmri_monai.engines.disagreement import disagreement_map, disagreement_signals
 from ctmri_monai.metrics.flagged import flag_mask, region_dice, voxel_auroc
 from ctmri_monai.phantoms import make_subject
-from ctmri_monai.phantoms.oracle import HIDDEN_QUANTUM, HiddenCopy, hide, oracle_conversion
+from ctmri_monai.phantoms.oracle import HIDDEN_QUANTUM, HiddenCopy, TissueOracle, hide, oracle_conversion
 from ctmri_monai.phantoms.plant import ConsistentMistake, plant_cases
 from ctmri_monai.phantoms.trust import clean_share, planted_scores
 from ctmri_monai.transforms.mask import head_mask
@@ -140,3 +141,35 @@ def test_planted_goal_not_yet_met(bleed, direction, kind):
     """The issue's goal for the other kinds and directions: strict xfail, so meeting it turns this red."""
     auroc, dice = planted_scores(bleed, direction, False, ("structure",))[kind]["structure"]
     assert auroc >= AUROC_GOAL and dice >= DICE_GOAL
+
+
+def test_map_comes_back_on_the_input_grid(tmp_path):
+    """`on_input_grid` inverts framing and orientation as `translate_volume` does: the raw output frames brought
+    back equal the written synthetic MRI inside the head (a non-square, rotated-axes volume); a flipped map does
+    not."""
+    from conftest import make_spec
+
+    from ctmri_monai.engines.disagreement import on_input_grid
+    from ctmri_monai.engines.slices import translate_volume
+    from ctmri_monai.io.volume import load_volume
+    from ctmri_monai.phantoms.oracle import unit_volumes
+    from ctmri_monai.phantoms.write import _write_nifti
+
+    phantom = make_subject(2, 0, (40, 36, 8), (4.0, 5.0, 8.0))
+    path = tmp_path / "ct.nii.gz"
+    _write_nifti(path, phantom.ct, phantom.affine)
+    units = unit_volumes(phantom, (-1000.0, 1000.0))
+    forward = TissueOracle().fit(units["ct"], units["mri"])
+    image = load_volume(path).image
+    spec = make_spec(image_size=48, pixdim=(4.0, 4.0))
+    tr = translate_volume(path, image, forward, spec, "ct", "mri", amp=False)
+    back = on_input_grid(tr.fake_unit, image, spec, "ct")
+    assert back.shape == phantom.ct.shape
+    # away from the head's edge, where the written output blends with the background
+    inside = ndimage.binary_erosion(tr.output > -1.0, np.ones((5, 5, 1), bool))
+    assert inside.mean() > 0.1
+    assert np.abs(back[inside] - np.clip(tr.output[inside], -1, 1)).max() < 1e-4
+    flipped = on_input_grid(tr.fake_unit[:, ::-1].copy(), image, spec, "ct")
+    assert np.abs(flipped[inside] - tr.output[inside]).max() > 0.5
+    with pytest.raises(ValueError, match="frames"):
+        on_input_grid(tr.fake_unit[:-1], image, spec, "ct")

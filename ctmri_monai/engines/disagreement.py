@@ -43,13 +43,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from scipy.ndimage import gaussian_filter
 
 from ctmri_monai.engines.slices import infer_slices
 from ctmri_monai.losses import mind_descriptor
+from ctmri_monai.spec import ModelSpec
+from ctmri_monai.transforms.pipelines import volume_pipeline
 
 __all__ = ["COMBINED", "FLOOR", "QUANTILE", "SIGNALS", "SMOOTH_PX", "Disagreement", "combine_signals",
-           "disagreement_map", "disagreement_signals", "structure_disagreement"]
+           "disagreement_map", "disagreement_signals", "on_input_grid", "structure_disagreement"]
 
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -187,3 +190,17 @@ def disagreement_map(source: Any, output: Any, forward: Generator | None, backwa
     scales.update({k: _scale(s, head_mask, k, direction) for k, s in signals.items() if k not in scales})
     combined[~head_mask] = 0.0
     return Disagreement(combined, signals, scales, passes, round(time.perf_counter() - start, 4))
+
+
+def on_input_grid(frames: np.ndarray, image: MetaTensor, spec: ModelSpec, source: str) -> np.ndarray:
+    """A (S, S, D) map on the frames of ``image`` (the loaded (1, X, Y, Z) input of ``source``) brought back to the
+    input's exact grid by MONAI's inverse of the contract's framing and orientation (`volume_pipeline`), as
+    `translate_volume` brings back its output: float32 (X, Y, Z) (resampling interpolates, never overshoots)."""
+    pipeline = volume_pipeline(spec, source)
+    x = pipeline({"image": image})["image"]
+    if tuple(x.shape[1:]) != tuple(frames.shape):
+        raise ValueError(f"frames {tuple(frames.shape)} are not this input's frames {tuple(x.shape[1:])}")
+    pred = MetaTensor(torch.from_numpy(np.ascontiguousarray(frames, np.float32))[None], meta=dict(x.meta),
+                      applied_operations=list(x.applied_operations))
+    restored = pipeline.inverse({"image": pred})["image"]
+    return restored.as_tensor()[0].numpy().astype(np.float32)
