@@ -103,15 +103,17 @@ def _smooth(x: np.ndarray, sigma: float = SMOOTH_PX) -> np.ndarray:
     return gaussian_filter(x, sigma=(sigma, sigma, 0.0), mode="nearest").astype(np.float32)
 
 
-def structure_disagreement(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndarray:
+def structure_disagreement(a: np.ndarray, b: np.ndarray, chunk: int = 64,
+                           device: str | torch.device = "cpu") -> np.ndarray:
     """``max_r |MIND_r(a) - MIND_r(b)|`` per voxel of two (S, S, D) frame stacks (axial slices along the last
-    axis), float32 in [0, 1], unsmoothed; the descriptors of ``chunk`` slices at a time."""
+    axis), float32 in [0, 1], unsmoothed; the descriptors of ``chunk`` slices at a time on ``device``."""
     ta = torch.from_numpy(_smooth(_frames(a), DENOISE_PX)).permute(2, 0, 1).unsqueeze(1)
     tb = torch.from_numpy(_smooth(_frames(b), DENOISE_PX)).permute(2, 0, 1).unsqueeze(1)
     out = torch.empty(ta.shape[0], ta.shape[2], ta.shape[3])
     for i in range(0, ta.shape[0], chunk):
-        ma, mb = mind_descriptor(ta[i:i + chunk], eps=MIND_EPS), mind_descriptor(tb[i:i + chunk], eps=MIND_EPS)
-        out[i:i + chunk] = (ma - mb).abs().amax(dim=1)
+        ma = mind_descriptor(ta[i:i + chunk].to(device), eps=MIND_EPS)
+        mb = mind_descriptor(tb[i:i + chunk].to(device), eps=MIND_EPS)
+        out[i:i + chunk] = (ma - mb).abs().amax(dim=1).cpu()
     return out.permute(1, 2, 0).contiguous().numpy()
 
 
@@ -124,7 +126,7 @@ def disagreement_signals(source: Any, output: Any, forward: Generator | None, ba
     if x.shape != y.shape or x.ndim != 3:
         raise ValueError(f"need two (S, S, D) frame stacks of one shape, got {x.shape} and {y.shape}")
     run = {"batch_size": batch_size, "device": device, "amp": amp, "context": context}
-    signals = {"structure": _smooth(structure_disagreement(y, x))}
+    signals = {"structure": _smooth(structure_disagreement(y, x, device=device))}
     passes = 0
     if backward is not None:
         back = infer_slices(backward, torch.from_numpy(y)[None], **run)[0].numpy()
