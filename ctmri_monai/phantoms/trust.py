@@ -17,7 +17,7 @@ from ctmri_monai.phantoms.plant import ConsistentMistake, plant_cases
 from ctmri_monai.phantoms.render import Phantom
 from ctmri_monai.transforms.mask import head_mask
 
-__all__ = ["VARIANTS", "clean_share", "planted_scores"]
+__all__ = ["VARIANTS", "clean_share", "planted_scores", "variant_map"]
 
 #: Ways to combine the signals that the benchmark compares: name -> (signals, how).
 VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -25,12 +25,14 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
     "cycle": (("cycle",), "max"),
     "stability": (("stability",), "max"),
     "max(structure, cycle)": (("structure", "cycle"), "max"),
+    "max(structure, stability)": (("structure", "stability"), "max"),
     "mean(structure, cycle)": (("structure", "cycle"), "mean"),
     "max(all)": (("structure", "cycle", "stability"), "max"),
 }
 
 
-def _variant_map(signals: dict[str, np.ndarray], variant: str, direction: str, head: np.ndarray) -> np.ndarray:
+def variant_map(signals: dict[str, np.ndarray], variant: str, direction: str, head: np.ndarray) -> np.ndarray:
+    """The map of a combination of ``VARIANTS`` (zero outside the head)."""
     names, how = VARIANTS[variant]
     dmap, _ = combine_signals({n: signals[n] for n in names}, direction, head, how)
     dmap[~head] = 0.0
@@ -42,7 +44,7 @@ def clean_share(phantom: Phantom, direction: str, variant: str = "structure") ->
     x, y, _, forward, backward = oracle_conversion(phantom, direction)
     head = head_mask(x)
     signals, _ = disagreement_signals(x, y, forward, backward, amp=False)
-    return float(flag_mask(_variant_map(signals, variant, direction, head), head).sum()) / max(int(head.sum()), 1)
+    return float(flag_mask(variant_map(signals, variant, direction, head), head).sum()) / max(int(head.sum()), 1)
 
 
 def planted_scores(phantom: Phantom, direction: str, hidden: bool = False,
@@ -60,7 +62,7 @@ def planted_scores(phantom: Phantom, direction: str, hidden: bool = False,
                                           HiddenCopy() if hidden else backward, amp=False)
         row: dict[str, Any] = {"planted_voxels": int(region.sum())}
         for variant in variants:
-            dmap = _variant_map(signals, variant, direction, head)
+            dmap = variant_map(signals, variant, direction, head)
             row[variant] = (voxel_auroc(dmap, region, head), region_dice(dmap, region, head))
         scores[kind] = row
     return scores
