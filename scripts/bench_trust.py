@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from ctmri_monai.apps.benchmarking import machine_info, write_json
 from ctmri_monai.apps.bundle_paths import run_bundle
+from ctmri_monai.io.checkpoint_file import load_checkpoint
 from ctmri_monai.utils.device import resolve_device
 from ctmri_monai.utils.quiet import quiet_known_warnings
 
@@ -193,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         budget = args.budget_minutes if args.budget_minutes is not None else (0.1 if args.quick else 6.0)
         data = make_data(out / "data", args.quick, args.subjects or (6 if args.quick else 12))
         heldout = json.loads((data / "phantoms.json").read_text())["test_subjects"]
-        report["budget_minutes"], report["trained"] = budget, {}
+        report["budget_minutes"], report["trained"] = (None if args.reuse else budget), {}
         for variant, settings in VARIANTS.items():
             ckpt = train(variant, settings, data, out, budget, args.quick, device, args.reuse)
             rows = [score_conversion(ckpt, data, name, d) for name in heldout for d in ("ct2mri", "mri2ct")]
             report["trained"][variant] = rows
+            report.setdefault("iterations", {})[variant] = int(load_checkpoint(ckpt)["trainer"]["iteration"])
             write_json(report, out / "bench_trust.json")
     for key, row in report["planted"].items():
         print(f"{key}: mean {row['mean']} worst {row['min']} (n={row['n']})")

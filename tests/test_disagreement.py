@@ -98,18 +98,18 @@ def test_planted_hallucination_is_found(bleed, other):
     Dice >= 0.5, with an honest and with a steganographic backward generator."""
     for phantom in (bleed, other):
         for hidden in (False, True):
-            auroc, dice = planted_scores(phantom, "ct2mri", hidden, ("structure",))["hallucination"]["structure"]
+            auroc, dice = planted_scores(phantom, "ct2mri", hidden, ("map",))["hallucination"]["map"]
             assert auroc >= AUROC_GOAL and dice >= DICE_GOAL, (phantom.name, hidden, auroc, dice)
 
 
 def test_hidden_copy_fools_the_cycle_not_the_map(bleed):
     """Chu et al.'s trap on a planted deletion: with the input hidden in the output, the cycle alone stops seeing
     the erased bleed (AUROC falls below chance) while the map's ranking does not move."""
-    honest = planted_scores(bleed, "ct2mri", False, ("structure", "cycle"))["deletion"]
-    hidden = planted_scores(bleed, "ct2mri", True, ("structure", "cycle"))["deletion"]
+    honest = planted_scores(bleed, "ct2mri", False, ("map", "cycle"))["deletion"]
+    hidden = planted_scores(bleed, "ct2mri", True, ("map", "cycle"))["deletion"]
     assert honest["cycle"][0] > 0.75 and hidden["cycle"][0] < 0.5
-    assert hidden["structure"][0] == pytest.approx(honest["structure"][0], abs=0.01)
-    assert hidden["structure"][0] > 0.75
+    assert hidden["map"][0] == pytest.approx(honest["map"][0], abs=0.01)
+    assert hidden["map"][0] > 0.75
 
 
 def test_negative_controls_fail_the_checks(bleed, other):
@@ -139,7 +139,7 @@ def test_negative_controls_fail_the_checks(bleed, other):
                                              ("mri2ct", "misplacement")])
 def test_planted_goal_not_yet_met(bleed, direction, kind):
     """The issue's goal for the other kinds and directions: strict xfail, so meeting it turns this red."""
-    auroc, dice = planted_scores(bleed, direction, False, ("structure",))[kind]["structure"]
+    auroc, dice = planted_scores(bleed, direction, False, ("map",))[kind]["map"]
     assert auroc >= AUROC_GOAL and dice >= DICE_GOAL
 
 

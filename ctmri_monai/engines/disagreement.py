@@ -18,16 +18,18 @@ a good model's clean volume flags about 0.1 % of its head; the per-volume 99th p
 model, whose clean output would otherwise be flagged everywhere (the map then ranks the volume's own most suspect
 voxels, and the raw signals stay in ``Disagreement.signals``).
 
-Combination, decided on the planted-error benchmark (scripts/bench_trust.py, bundle/docs/benchmarks.md
-"Disagreement map"; ten phantom heads, three kinds of planted error, two directions): the map is the structure
-signal alone (``COMBINED``). Adding the cycle by a maximum lowered the flagged-region Dice and, CT -> MRI, the AUROC
-(a per-pixel model cannot bring bone back from MRI, so honest cycle errors line the skull); a mean raised some
-AUROCs (MRI -> CT) but flagged nothing (Dice 0). The stability signal is blind to mistakes a network repeats
-consistently, which is what the planted proof simulates. And the cycle is the signal Chu et al. 2017 ("CycleGAN, a
-master of steganography") warn about: with the input hidden in faint patterns of the output, the backward generator
-reads it back whatever the output shows, and the cycle-only AUROC of a planted deletion fell from 0.84 to 0.12 on
-a bleed while the map's stayed at 0.80 (tests/test_disagreement.py). So a low cycle error never clears a voxel:
-the cycle and stability maps are diagnostics, not votes. A warning, never a guarantee.
+Combination, decided on two benchmarks (scripts/bench_trust.py, bundle/docs/benchmarks.md "Disagreement map"):
+the map is the maximum of the normalised structure and stability signals (``COMBINED``). On planted errors (ten
+phantom heads, three kinds, two directions) the structure signal ranks and outlines best; a maximum with the
+cycle lowered the Dice and, CT -> MRI, the AUROC (a per-pixel model cannot bring bone back from MRI, so honest
+cycle errors line the skull); a mean raised some AUROCs but flagged nothing. The planted mistakes are repeated by
+the generator under flips and shifts, so stability is zero there and the maximum with it changes nothing. On the
+real mistakes of briefly trained models the stability signal predicted the large errors best (AUROC 0.69-0.75,
+structure alone 0.46-0.56), and adding it to the map raised its AUROC by 0.05-0.07. The cycle stays a diagnostic:
+it is the signal Chu et al. 2017 ("CycleGAN, a master of steganography") warn about. With the input hidden in
+faint patterns of the output, the backward generator reads it back whatever the output shows: the cycle-only
+AUROC of a planted deletion fell from 0.84 to 0.12 on a bleed while the map's stayed at 0.80
+(tests/test_disagreement.py). A low cycle error never clears a voxel. A warning, never a guarantee.
 
 Cost: three extra forward passes per slice (backward on the output, forward on the flipped and on the shifted
 input), batched by `infer_slices` like conversion, plus two MIND descriptors per slice; on the CPU the MIND part
@@ -76,7 +78,7 @@ FLOOR: dict[str, dict[str, float]] = {
 #: Per-volume scale: the signal's QUANTILE inside the head, where it is above the floor (a weaker model).
 QUANTILE = 0.99
 #: The signals the map combines (the others are diagnostics); decided by the benchmark (module docstring).
-COMBINED = ("structure",)
+COMBINED = ("structure", "stability")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ctmri_monai.engines.disagreement import combine_signals, disagreement_signals
+from ctmri_monai.engines.disagreement import COMBINED, combine_signals, disagreement_signals
 from ctmri_monai.metrics.flagged import flag_mask, region_dice, voxel_auroc
 from ctmri_monai.phantoms.oracle import HiddenCopy, hide, oracle_conversion
 from ctmri_monai.phantoms.plant import ConsistentMistake, plant_cases
@@ -21,6 +21,7 @@ __all__ = ["VARIANTS", "clean_share", "planted_scores", "variant_map"]
 
 #: Ways to combine the signals that the benchmark compares: name -> (signals, how).
 VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "map": (COMBINED, "max"),  # the map as `disagreement_map` makes it
     "structure": (("structure",), "max"),
     "cycle": (("cycle",), "max"),
     "stability": (("stability",), "max"),
@@ -39,7 +40,7 @@ def variant_map(signals: dict[str, np.ndarray], variant: str, direction: str, he
     return dmap
 
 
-def clean_share(phantom: Phantom, direction: str, variant: str = "structure") -> float:
+def clean_share(phantom: Phantom, direction: str, variant: str = "map") -> float:
     """The share of head voxels a ``variant`` map flags on the oracle's clean conversion of ``phantom``."""
     x, y, _, forward, backward = oracle_conversion(phantom, direction)
     head = head_mask(x)
