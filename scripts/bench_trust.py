@@ -80,6 +80,42 @@ def planted_table(subjects: int, quick: bool) -> dict[str, Any]:
     return out
 
 
+def save_picture(path: Path) -> Path:
+    """One row per planted kind (CT -> MRI, subject 1): input | planted output with the flagged outline (red) and
+    the planted region (green) | the map (gray, white = 1)."""
+    from PIL import Image
+
+    from ctmri_monai.engines.disagreement import disagreement_map
+    from ctmri_monai.io.images import unit_to_uint8
+    from ctmri_monai.metrics.flagged import flag_mask, outline_regions
+    from ctmri_monai.phantoms import make_subject
+    from ctmri_monai.phantoms.oracle import oracle_conversion
+    from ctmri_monai.phantoms.plant import ConsistentMistake, plant_cases
+    from ctmri_monai.transforms.mask import head_mask
+
+    phantom = make_subject(1, 0, (64, 64, 16), (3.0, 3.0, 8.0))
+    x, y, _, forward, backward = oracle_conversion(phantom, "ct2mri")
+    head = head_mask(x)
+    rows = []
+    for planted, region in plant_cases(y, phantom.labels).values():
+        dmap = disagreement_map(x, planted, ConsistentMistake(forward, x, planted - y), backward, "ct2mri",
+                                head=head, amp=False).map
+        k = int(np.argmax(region.sum(axis=(0, 1))))
+        def view(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a[::-1, ::-1].T)  # RAS -> radiological display
+        flagged = view(flag_mask(dmap, head)[:, :, k])
+        def gray(a: np.ndarray) -> np.ndarray:
+            return np.asarray(unit_to_uint8(view(a)))
+        none = np.zeros_like(flagged)
+        marked = outline_regions(gray(planted[:, :, k]), view(region[:, :, k]), (0, 220, 0))
+        tiles = [outline_regions(gray(x[:, :, k]), none, zoom=3), outline_regions(marked, flagged, zoom=3),
+                 outline_regions(gray(dmap[:, :, k] * 2 - 1), none, zoom=3)]
+        rows.append(np.concatenate(tiles, axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
 # ------------------------------------------------------------------------------------- part 2: real mistakes
 def make_data(folder: Path, quick: bool, subjects: int) -> Path:
     from ctmri_monai.phantoms import make_phantoms
@@ -189,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     report["planted"] = planted_table(args.planted_subjects or (2 if args.quick else 10), args.quick)
     report["planted_seconds"] = round(time.perf_counter() - start, 1)
+    report["picture"] = str(save_picture(out / "disagreement_planted.png"))
     write_json(report, out / "bench_trust.json")
     if not args.planted_only:
         budget = args.budget_minutes if args.budget_minutes is not None else (0.1 if args.quick else 6.0)
