@@ -201,7 +201,8 @@ def score_conversion(ckpt: Path, data: Path, name: str, direction: str) -> dict[
         "lesion_voxels": int(lesion.sum()), "lesion_wrong": wrong,
         "lesion_flagged": bool(lesion.any() and flagged[lesion].mean() >= LESION_FLAGGED),
         "error_components": len(big), "error_components_flagged": sum(bool(flagged[comps == i].any()) for i in big),
-        "map_seconds": round(seconds, 2), "slices": int(head.shape[2]),
+        "map_seconds": round(seconds, 2), "conversion_inference_seconds": tr.timings.get("inference"),
+        "slices": int(head.shape[2]),
     }
 
 
