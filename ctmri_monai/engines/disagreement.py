@@ -53,12 +53,11 @@ from ctmri_monai.losses import mind_descriptor
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.pipelines import volume_pipeline
 
-__all__ = ["COMBINED", "FLOOR", "QUANTILE", "SIGNALS", "SMOOTH_PX", "Disagreement", "combine_signals",
+__all__ = ["COMBINED", "FLOOR", "QUANTILE", "SMOOTH_PX", "Disagreement", "combine_signals",
            "disagreement_map", "disagreement_signals", "on_input_grid", "structure_disagreement"]
 
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
-SIGNALS = ("structure", "cycle", "stability")
 #: In-plane Gaussian smoothing (px) of every signal: edge responses become regions, voxel noise averages out.
 SMOOTH_PX = 1.0
 #: In-plane Gaussian denoising (px) of both images before their MIND descriptors: acquisition noise is not structure.
@@ -155,7 +154,7 @@ def _scale(signal: np.ndarray, head: np.ndarray, name: str, direction: str) -> f
 def combine_signals(signals: dict[str, np.ndarray], direction: str, head: np.ndarray | None = None,
                     how: str = "max") -> tuple[np.ndarray, dict[str, float]]:
     """Normalise each signal by its scale (module docstring) and combine them voxel-wise ("max", the default;
-    "mean" and "product" (geometric mean) for the benchmark that chose it). Returns (map, scales)."""
+    "mean" for the benchmark that chose it). Returns (map, scales)."""
     first = next(iter(signals.values()))
     head = np.ones(first.shape, bool) if head is None else np.asarray(head, bool)
     scales = {name: _scale(s, head, name, direction) for name, s in signals.items()}
@@ -164,10 +163,8 @@ def combine_signals(signals: dict[str, np.ndarray], direction: str, head: np.nda
         combined = parts.max(axis=0)
     elif how == "mean":
         combined = parts.mean(axis=0)
-    elif how == "product":
-        combined = np.exp(np.log(np.maximum(parts, 1e-6)).mean(axis=0))
     else:
-        raise ValueError(f"unknown combination {how!r}; expected 'max', 'mean' or 'product'")
+        raise ValueError(f"unknown combination {how!r}; expected 'max' or 'mean'")
     return combined.astype(np.float32), scales
 
 
