@@ -40,7 +40,9 @@ def test_bench_train_quick(bench_out: Path) -> None:
 def test_bench_convert_quick(bench_out: Path) -> None:
     data = json.loads((bench_out / "bench_convert.json").read_text())
     rows = {r["variant"]: r for r in data["results"]}
-    assert set(rows) == {"end_to_end", "forward", "baseline_fp32_b1"}
+    assert set(rows) == {"end_to_end", "end_to_end_map", "forward", "baseline_fp32_b1"}
+    assert "disagreement" in rows["end_to_end_map"]["timings_per_volume_s"]  # the map was made, and only there
+    assert "disagreement" not in rows["end_to_end"]["timings_per_volume_s"]
     assert all(r["slices_per_s"] > 0 for r in rows.values()) and data["flops_per_slice"] > 0
     assert set(rows["end_to_end"]["timings_per_volume_s"]) >= {"load", "preprocess", "inference", "invert", "write"}
     ratio = rows["end_to_end"]["slices_per_s"] / rows["forward"]["slices_per_s"]
