@@ -159,3 +159,33 @@ def test_a_failed_write_leaves_no_map_and_a_model_without_backward_generator_con
                      progress=False) == 0
     assert not list((tmp_path / "g").rglob("*disagreement*")) and "no disagreement map" in caplog.text
     assert "disagreement" not in _records(tmp_path / "g")["a.nii.gz"]
+
+
+def test_the_service_builds_the_backward_generator_once_from_the_same_checkpoint_data(runs: dict,
+                                                                                      monkeypatch) -> None:
+    import argparse
+
+    import torch
+
+    import ctmri_monai.io.checkpoint_file as checkpoint_file
+    from ctmri_monai.convert import ConversionService, ConvertOptions, add_convert_arguments
+    from ctmri_monai.node.cli import add_serve_arguments
+
+    reads = []
+    real = checkpoint_file.load_checkpoint
+    monkeypatch.setattr(checkpoint_file, "load_checkpoint", lambda *a, **k: reads.append(a) or real(*a, **k))
+    service = ConversionService.from_checkpoint(runs["ckpt"], "cpu", directions=["ct2mri"])
+    assert len(reads) == 1 and service.directions == ["ct2mri"] and service.writes_map("ct2mri")
+    stored = real(runs["ckpt"])["generator_mri2ct"]
+    for name, value in service.backward["ct2mri"].state_dict().items():
+        assert torch.equal(value, stored[name]), name
+    off = ConversionService.from_checkpoint(runs["ckpt"], "cpu", directions=["ct2mri"],
+                                            options=ConvertOptions(disagreement=False))
+    assert off.backward == {"ct2mri": None} and not off.writes_map("ct2mri")
+    both = ConversionService.from_checkpoint(runs["ckpt"], "cpu")  # each direction's backward is the other one
+    assert both.backward["ct2mri"] is both.generators["mri2ct"]
+    for add in (add_convert_arguments, add_serve_arguments):  # `ctmri convert` and `ctmri serve`: one flag
+        parser = add(argparse.ArgumentParser())
+        base = ["--checkpoint", "m.pt"] + (["--spool", "s"] if add is add_serve_arguments else [])
+        assert parser.parse_args(base).disagreement is True
+        assert parser.parse_args([*base, "--no-disagreement"]).disagreement is False
