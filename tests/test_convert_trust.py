@@ -9,6 +9,8 @@ makes the same comparison fail.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -42,9 +44,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     tables = {}
     for name, extra in (("map", []), ("plain", ["--no-disagreement"]),
                         ("control", ["--no-disagreement", "--no-mask-background"])):
-        import contextlib
-        import io
-
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert ctmri(["convert", *args, *extra, "--output-dir", str(tmp / name)]) == 0
@@ -159,6 +158,18 @@ def test_a_failed_write_leaves_no_map_and_a_model_without_backward_generator_con
                      progress=False) == 0
     assert not list((tmp_path / "g").rglob("*disagreement*")) and "no disagreement map" in caplog.text
     assert "disagreement" not in _records(tmp_path / "g")["a.nii.gz"]
+
+    import ctmri_monai.convert.pipeline as pipeline
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("planted failure")
+
+    monkeypatch.setattr(pipeline, "volume_disagreement", broken)  # the map fails: the conversion still stands
+    assert run_batch([src], tmp_path / "b", "ct2mri", checkpoint=runs["ckpt"], device="cpu", progress=False) == 0
+    record = _records(tmp_path / "b")["a.nii.gz"]
+    assert record["status"] != "failed" and "disagreement" not in record
+    assert any("no disagreement map (ValueError: planted failure)" in w for w in record["warnings"])
+    assert not list((tmp_path / "b").rglob("*disagreement*")) and (tmp_path / "b" / "a_ct2mri.nii.gz").exists()
 
 
 def test_the_service_builds_the_backward_generator_once_from_the_same_checkpoint_data(runs: dict,

@@ -129,8 +129,12 @@ def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, 
     elif options.disagreement:  # before the input image is freed: the map goes back onto its grid
         t = time.perf_counter()
         run = {"batch_size": options.batch_size, "device": device, "amp": options.amp}
-        trust = volume_disagreement(translation, volume.image, volume.affine, spec,
-                                    (model.generator, model.backward), f"{source}2{target}", run)
+        try:
+            trust = volume_disagreement(translation, volume.image, volume.affine, spec,
+                                        (model.generator, model.backward), f"{source}2{target}", run)
+        except Exception as exc:  # noqa: BLE001 - the map is a warning on top: its failure must not lose the output
+            logger.warning("%s: no disagreement map (%s: %s)", input_path, type(exc).__name__, exc)
+            warnings.append(f"no disagreement map ({type(exc).__name__}: {exc})")
         lap("disagreement", t)
     volume.image = None  # type: ignore[assignment]  # free the float32 copy of the input
     t = time.perf_counter()
