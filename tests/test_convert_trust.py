@@ -165,11 +165,12 @@ def test_a_failed_write_leaves_no_map_and_a_model_without_backward_generator_con
         raise ValueError("planted failure")
 
     monkeypatch.setattr(pipeline, "volume_disagreement", broken)  # the map fails: the conversion still stands
-    assert run_batch([src], tmp_path / "b", "ct2mri", checkpoint=runs["ckpt"], device="cpu", progress=False) == 0
-    record = _records(tmp_path / "b")["a.nii.gz"]
+    assert run_batch([runs["data"] / "vol.nii.gz"], tmp_path / "b", "ct2mri", checkpoint=runs["ckpt"],
+                     device="cpu", progress=False) == 0
+    record = _records(tmp_path / "b")["vol.nii.gz"]
     assert record["status"] != "failed" and "disagreement" not in record
     assert any("no disagreement map (ValueError: planted failure)" in w for w in record["warnings"])
-    assert not list((tmp_path / "b").rglob("*disagreement*")) and (tmp_path / "b" / "a_ct2mri.nii.gz").exists()
+    assert not list((tmp_path / "b").rglob("*disagreement*")) and (tmp_path / "b" / "vol_ct2mri.nii.gz").exists()
 
 
 def test_the_service_builds_the_backward_generator_once_from_the_same_checkpoint_data(runs: dict,
