@@ -49,8 +49,11 @@ def volume_disagreement(translation: Translation, image: MetaTensor, affine: np.
     ``run``: batch_size, device, amp as for conversion."""
     forward, backward = generators
     source = direction.split("2")[0]
+    codes = spec.geometry.axcodes.upper()
+    flip_axis = 0 if codes[0] in "LR" else 1  # the frames' left-right axis (1 for the default "PLS")
     result = disagreement_map(translation.source_unit, translation.fake_unit, forward, backward, direction,
-                              head=translation.source_mask, context=spec.geometry.context_slices, **run)
+                              head=translation.source_mask, context=spec.geometry.context_slices,
+                              flip_axis=flip_axis, **run)
     grid = np.clip(on_input_grid(result.map, image, spec, source), 0.0, 1.0).astype(np.float32)
     head = on_input_grid(translation.source_mask.astype(np.float32), image, spec, source) > 0.5
     figures = flag_figures(grid, head, affine)
