@@ -4,9 +4,11 @@
     python scripts/bench_convert.py             # ResNet-9 generator, 256 x 256 slices of a phantom CT volume
     python scripts/bench_convert.py --quick     # tiny generator, 32 x 32 x 8 volume: seconds on a CPU (CI)
 
-Three figures on the same slices, in one run:
+Four figures on the same slices, in one run:
   end_to_end   ctmri_monai.convert.pipeline.convert_volume: read NIfTI, orient, resample, window, crop/pad, generator
-               over batches of slices (AMP on CUDA), QA, invert, write NIfTI;
+               over batches of slices (AMP on CUDA), QA, invert, write NIfTI; the disagreement map off;
+  end_to_end_map  the same with the disagreement map (a backward generator of the same architecture; the map's
+               three extra passes per slice, MIND, its inverse and its NIfTI), the conversion's default;
   forward      the generator alone on the preprocessed slices already on the device, same batch size and AMP;
   baseline     the generator alone, one slice at a time in fp32 (the reference implementation's way).
 The generator has random weights unless --checkpoint is given (speed does not depend on the weights).
@@ -53,15 +55,16 @@ def write_phantom_ct(folder: Path, size: int, slices: int) -> Path:
     return path
 
 
-def build_generator(args: argparse.Namespace, spec: dict[str, Any], device: torch.device) -> tuple[nn.Module, str]:
+def build_generator(args: argparse.Namespace, spec: dict[str, Any], device: torch.device,
+                    direction: str = "ct2mri") -> tuple[nn.Module, str]:
     if args.checkpoint:
         from ctmri_monai.networks.loading import load_generator
 
-        net, info = load_generator(args.checkpoint, "ct2mri", device)
+        net, info = load_generator(args.checkpoint, direction, device)
         return net, f"{args.checkpoint} ({info['spec'].network.backbone})"
     from ctmri_monai.networks import define_generator
 
-    torch.manual_seed(0)
+    torch.manual_seed(0 if direction == "ct2mri" else 1)
     net = define_generator(args.backbone, ngf=spec["ngf"], n_blocks=spec["n_blocks"], num_downs=spec["num_downs"])
     name = {"resnet": "ResNet-9", "unet": "U-Net-256"}[args.backbone] if not args.quick else f"tiny {args.backbone}"
     return net.to(device).eval(), f"{name}, random weights"
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     amp_dtype = autocast_dtype(device, args.amp)
     machine = machine_info(device)
     net, model = build_generator(args, spec, device)
+    backward, _ = build_generator(args, spec, device, "mri2ct")
     size = spec["image_size"]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,18 +143,21 @@ def main(argv: list[str] | None = None) -> int:
             net(slices[:1])
         flops_per_slice = int(flops.total or 0)
 
-        def run_e2e(i: int) -> dict[str, Any]:
+        def run_e2e(i: int, with_map: bool) -> dict[str, Any]:
             return convert_volume(volume, Path(tmp) / f"out{i}.nii.gz", net, contract(size), "ct", "mri",
-                                  batch_size=batch, device=device, amp=args.amp)
+                                  batch_size=batch, device=device, amp=args.amp, disagreement=with_map,
+                                  backward=backward if with_map else None)
 
-        run_e2e(-1)  # warm-up: first calls, allocator, cuDNN autotuning
-        reset_peak_memory(device)
-        t0 = time.perf_counter()
-        results = [run_e2e(i) for i in range(repeats)]
-        seconds = time.perf_counter() - t0
-        timings = {k: sum(r["timings"][k] for r in results) / repeats for k in results[0]["timings"]}
-        rows.append({"variant": "end_to_end", "batch_size": batch, "amp_dtype": amp_dtype, "seconds": seconds,
-                     "timings_per_volume_s": timings, "peak_memory_bytes": peak_memory(device)[0] if cuda else None})
+        run_e2e(-1, True)  # warm-up: first calls, allocator, cuDNN autotuning
+        for variant, with_map in (("end_to_end", False), ("end_to_end_map", True)):
+            reset_peak_memory(device)
+            t0 = time.perf_counter()
+            results = [run_e2e(i, with_map) for i in range(repeats)]
+            seconds = time.perf_counter() - t0
+            timings = {k: sum(r["timings"][k] for r in results) / repeats for k in results[0]["timings"]}
+            rows.append({"variant": variant, "batch_size": batch, "amp_dtype": amp_dtype, "seconds": seconds,
+                         "timings_per_volume_s": timings,
+                         "peak_memory_bytes": peak_memory(device)[0] if cuda else None})
         for variant, b, dtype in (("forward", batch, amp_dtype), ("baseline_fp32_b1", 1, None)):
             reset_peak_memory(device)
             seconds = time_forward(net, slices, b, dtype, repeats)
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         row["ratio_vs_forward"] = row["slices_per_s"] / forward_rate
         row["ratio_vs_baseline"] = row["slices_per_s"] / baseline_rate
     notes = ["end_to_end: convert_volume (read, preprocess, infer, QA, invert, write) of one phantom CT volume "
-             "after one untimed warm-up conversion",
+             "after one untimed warm-up conversion; end_to_end_map: the same with the disagreement map",
              "forward / baseline: the generator alone on the same preprocessed slices, already on the device",
              "FLOPs: torch.utils.flop_counter (matmul/conv, 2 per multiply-add) of one slice's forward"]
     if not cuda:
@@ -187,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows, [("variant", "variant"), ("batch_size", "batch"), ("amp_dtype", "amp"),
                               ("slices_per_s", "slices/s"), ("ratio_vs_forward", "x forward"),
                               ("ratio_vs_baseline", "x fp32 b1"), ("achieved_tflops", "TFLOP/s")]))
-    print("end to end, seconds per volume: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+    for row in rows[:2]:
+        print(f"{row['variant']}, seconds per volume: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in row["timings_per_volume_s"].items()))
     print(f"written: {path}")
     return 0
 

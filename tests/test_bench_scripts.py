@@ -40,7 +40,9 @@ def test_bench_train_quick(bench_out: Path) -> None:
 def test_bench_convert_quick(bench_out: Path) -> None:
     data = json.loads((bench_out / "bench_convert.json").read_text())
     rows = {r["variant"]: r for r in data["results"]}
-    assert set(rows) == {"end_to_end", "forward", "baseline_fp32_b1"}
+    assert set(rows) == {"end_to_end", "end_to_end_map", "forward", "baseline_fp32_b1"}
+    assert "disagreement" in rows["end_to_end_map"]["timings_per_volume_s"]  # the map was made, and only there
+    assert "disagreement" not in rows["end_to_end"]["timings_per_volume_s"]
     assert all(r["slices_per_s"] > 0 for r in rows.values()) and data["flops_per_slice"] > 0
     assert set(rows["end_to_end"]["timings_per_volume_s"]) >= {"load", "preprocess", "inference", "invert", "write"}
     ratio = rows["end_to_end"]["slices_per_s"] / rows["forward"]["slices_per_s"]
@@ -85,3 +87,19 @@ def test_bench_quality_quick(tmp_path: Path) -> None:
                               "volume_structure_mri2ct": (0, 1), "volume_dice_ct2mri": (0, 1)}.items():
             assert isinstance(row[key], float) and (math.isnan(row[key]) or lo <= row[key] <= hi), (key, row[key])
     assert "| 2.5D + structure |" in (tmp_path / "bench_quality.md").read_text()
+
+
+def test_bench_trust_quick(tmp_path: Path) -> None:
+    """The planted table and both trained variants run; every held-out subject is scored both ways."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_trust.py"), "--quick", "--output-dir",
+                             str(tmp_path)], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads((tmp_path / "bench_trust.json").read_text())
+    assert "ct2mri | hallucination | honest | structure" in data["planted"]
+    assert set(data["trained"]) == {"default (structure loss)", "paper (--lambda_structure 0)"}
+    for rows in data["trained"].values():
+        assert {(r["subject"], r["direction"]) for r in rows} == {(s, d) for s in ("subj004", "subj005")
+                                                                  for d in ("ct2mri", "mri2ct")}
+        assert all(0.0 <= r["auroc"]["map"] <= 1.0 and r["lesion_voxels"] > 0 for r in rows)

@@ -29,3 +29,12 @@ def test_bundle_run_converts_volumes_onto_their_grid(checkpoint: Path, tiny_phan
         assert out.shape == ref.shape
         np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)
         assert out.header["descrip"].tobytes().decode().startswith("SYNTHETIC")
+        dmap = nib.load(tmp_path / src.name.replace(".nii.gz", "_ct2mri_disagreement.nii.gz"))  # on by default
+        assert dmap.shape == ref.shape and dmap.get_data_dtype() == np.float32
+        np.testing.assert_allclose(dmap.affine, ref.affine, atol=1e-5)
+    assert all(r["disagreement"]["passes"] == 3 for r in summary["files"])  # the backward generator was built
+    off = tmp_path / "off"
+    result = run_bundle_cli(["inference"], input=source, output_dir=off, direction="ct2mri",
+                            checkpoint=checkpoint, batch_size=4, disagreement=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert list(off.glob("*_ct2mri.nii.gz")) and not list(off.glob("*disagreement*"))

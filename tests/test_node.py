@@ -17,6 +17,7 @@ from dicom_net import Receiver, c_store, free_port, journal_rows, phantom_series
 from ctmri_monai.apps.cli import main as ctmri
 from ctmri_monai.convert import ConversionService, ConvertOptions
 from ctmri_monai.node import Destination, Node, NodeConfig, Spool
+from ctmri_monai.node.cli import format_jobs
 from ctmri_monai.node.journal import Journal
 
 pytest.importorskip("pynetdicom")
@@ -83,6 +84,12 @@ def test_round_trip_both_ways_refusals_and_the_journal(service: ConversionServic
         dest.stop()
     rows = {r["series_uid"]: r for r in journal_json(tmp_path / "spool", capsys)}
     assert rows[str(ct[0].SeriesInstanceUID)]["status"] == "sent"
+    for source in (ct, mr, after):  # the disagreement map's figures, per converted series (issue 20)
+        figures = rows[str(source[0].SeriesInstanceUID)]["disagreement"]
+        assert 0.0 <= figures["flagged_share"] <= 1.0 and figures["region_count"] >= len(figures["regions"])
+        assert figures["passes"] == 3 and {"worst_slices", "threshold", "flagged_volume_mm3"} <= set(figures)
+        assert f"{100 * figures['flagged_share']:.2f}%" in format_jobs(list(rows.values()))
+    assert rows[str(report.SeriesInstanceUID)]["disagreement"] is None
     assert rows[str(mr[0].SeriesInstanceUID)]["direction"] == "mri2ct"
     assert rows[str(report.SeriesInstanceUID)]["status"] == "stored"
     failed = rows[str(eight_bit[0].SeriesInstanceUID)]
@@ -186,3 +193,26 @@ def test_listening_beyond_this_machine_needs_an_allow_list(tmp_path: Path, capsy
     assert "needs --allow-aet" in capsys.readouterr().err and not (tmp_path / "spool").exists()
     assert ctmri([*args, "--destination", "ORTHANC-no-port"]) == 2  # and a bad destination is named
     assert "expected AET@HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_journal_from_before_the_disagreement_map_stays_readable(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ctmri_monai.node import journal as journal_module
+
+    path = tmp_path / "journal.sqlite"
+    old_schema = journal_module._SCHEMA.replace(", disagreement TEXT", "")
+    assert old_schema != journal_module._SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    db.execute("INSERT INTO series (series_uid, status, received_at) VALUES ('1.2.3', 'sent', 1.0)")
+    db.commit()
+    db.close()
+    journal = Journal(path)  # gains the column, keeps the row
+    try:
+        assert journal.rows()[0]["series_uid"] == "1.2.3" and journal.rows()[0]["disagreement"] is None
+        journal.update("1.2.3", disagreement={"flagged_share": 0.0125, "regions": []})
+        assert journal.rows()[0]["disagreement"] == {"flagged_share": 0.0125, "regions": []}
+        assert "1.25%" in format_jobs(journal.rows())
+    finally:
+        journal.close()

@@ -15,7 +15,7 @@ from ctmri_monai.utils.quiet import quiet_known_warnings
 def _make_phantoms(args: argparse.Namespace) -> int:
     from ctmri_monai.phantoms import make_phantoms
 
-    report = make_phantoms(args.output_dir, subjects=args.subjects, seed=args.seed)
+    report = make_phantoms(args.output_dir, subjects=args.subjects, seed=args.seed, lesions=args.lesions)
     print(f"phantoms written to {args.output_dir}: {report}")
     return 0
 
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--subjects", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lesions", action="store_true",
+                   help="CT domain with bleeds only, MRI domain with masses only (as in the paper's data); "
+                        "held-out subjects stay paired (heldout/ct, heldout/mri)")
     p.set_defaults(func=_make_phantoms)
 
     p = sub.add_parser("train", help="train CycleGAN with bundle/configs/train.yaml")

@@ -2,7 +2,8 @@
 
 Inputs (`ctmri_monai.convert.inputs`): files, folders of volumes and DICOM series, or ``.txt`` lists. Each
 input gives ``<stem>_<direction>.nii.gz`` in the output folder (plus, with ``dicom=True`` and DICOM input, a
-``<stem>_<direction>_dicom/`` series), a QA montage in ``qa/``, and a row in ``summary.json``. Finished outputs
+``<stem>_<direction>_dicom/`` series; with the disagreement map on, ``<stem>_<direction>_disagreement.nii.gz``),
+a QA montage in ``qa/``, and a row in ``summary.json``. Finished outputs
 are skipped unless ``overwrite``; a failing file is reported and the batch goes on; the exit status is 1 when any
 file failed.
 """
@@ -28,6 +29,7 @@ from ctmri_monai.convert.inputs import collect_inputs, output_names
 from ctmri_monai.convert.options import BatchOptions, batch_options
 from ctmri_monai.convert.qa import gap_cell
 from ctmri_monai.convert.service import ConversionService
+from ctmri_monai.convert.trust import disagreement_path, flagged_cell
 from ctmri_monai.io.atomic import atomic_write_json
 from ctmri_monai.io.errors import CtmriError, InputError
 from ctmri_monai.io.volume import load_volume
@@ -53,8 +55,9 @@ def status_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text summary table: status, shape, seconds, Dice min/mean, domain gap, file and error."""
-    header = f"{'status':<8} {'shape':<16} {'sec':>7} {'dice min':>8} {'mean':>6} {'gap':>13}  file"
+    """A plain-text summary table: status, shape, seconds, Dice min/mean, domain gap, the disagreement map's
+    flagged share of head voxels, file and error."""
+    header = f"{'status':<8} {'shape':<16} {'sec':>7} {'dice min':>8} {'mean':>6} {'gap':>13} {'flagged':>7}  file"
     lines = [header, "-" * len(header)]
     for r in records:
         qa = r.get("qa") or {}
@@ -62,7 +65,8 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
         sec = f"{r['seconds']:.1f}" if r.get("seconds") is not None else "-"
         dmin = f"{qa['dice_min']:.3f}" if qa.get("dice_min") is not None else "-"
         dmean = f"{qa['dice_mean']:.3f}" if qa.get("dice_mean") is not None else "-"
-        line = f"{r['status']:<8} {shape:<16} {sec:>7} {dmin:>8} {dmean:>6} {gap_cell(qa.get('gap')):>13}  {r['file']}"
+        line = (f"{r['status']:<8} {shape:<16} {sec:>7} {dmin:>8} {dmean:>6} {gap_cell(qa.get('gap')):>13} "
+                f"{flagged_cell(r.get('disagreement')):>7}  {r['file']}")
         if r.get("error"):
             line += f"\n{'':<8} error: {r['error']}"
         lines.append(line)
@@ -186,9 +190,11 @@ def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike
     records: list[dict[str, Any]] = []
     outputs = [(out_dir / f"{name}.nii.gz", out_dir / f"{name}_dicom" if dicom and path.is_dir() else None)
                for (path, _), name in zip(items, names, strict=True)]
+    maps = service.writes_map(direction)  # then an output without its map is not finished
     todo = {i for i, ((_, problem), (output, dicom_dir)) in enumerate(zip(items, outputs, strict=True))
             if problem is None and (overwrite or not output.exists() or (dicom_dir is not None
-                                                                         and not dicom_dir.exists()))}
+                                                                         and not dicom_dir.exists())
+                                    or (maps and not disagreement_path(output, direction).exists()))}
     reader = _ReadAhead([items[i][0] for i in sorted(todo)], service.options.series_uid,
                         service.options.max_voxels, enabled=opts.read_ahead)
     files_bar = _progress(len(items), progress, desc="volumes", unit="vol", position=0)
@@ -201,6 +207,8 @@ def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike
             old = previous.get(str(output), {})
             record.update(status="skipped", shape=old.get("shape"), qa=old.get("qa"),
                           error=None, note="output exists (use overwrite to redo)")
+            if old.get("disagreement") is not None:
+                record["disagreement"] = old["disagreement"]
         else:
             slices_bar = _progress(0, progress, desc=path.name[:30], unit="slice", position=1, leave=False)
             t0 = time.perf_counter()
@@ -223,6 +231,8 @@ def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike
                               value_range=result["value_range"], background_masked=result["background_masked"],
                               dicom_output=result["dicom_output"],
                               dicom_series_uid=result["dicom_series_uid"], gap=result["qa"].get("gap"))
+                if result.get("disagreement") is not None:  # no key without the map (--no-disagreement)
+                    record["disagreement"] = result["disagreement"]
             finally:
                 if slices_bar is not None:
                     slices_bar.close()

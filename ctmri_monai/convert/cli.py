@@ -10,7 +10,8 @@ from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.batch import run_batch
 from ctmri_monai.spec import FRAME_BY, FRAMINGS
 
-__all__ = ["add_contract_arguments", "add_convert_arguments", "contract_overrides", "main_convert"]
+__all__ = ["add_contract_arguments", "add_convert_arguments", "add_disagreement_argument", "contract_overrides",
+           "main_convert"]
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -43,7 +44,17 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--no-mask-background", dest="mask_background", action="store_false",
                         help="keep what the generator writes outside the input's head mask (default: air there)")
+    add_disagreement_argument(parser)
     return add_contract_arguments(parser)
+
+
+def add_disagreement_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--no-disagreement`` of every command that converts."""
+    parser.add_argument("--no-disagreement", dest="disagreement", action="store_false",
+                        help="no disagreement map (default: <stem>_<direction>_disagreement.nii.gz beside each "
+                             "output, 1 = most suspect, and its figures in the report; costs three extra "
+                             "forward passes per slice)")
+    return parser
 
 
 def add_contract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -91,7 +102,8 @@ def main_dicomweb(args: argparse.Namespace) -> int:
         return 2
     try:
         options = ConvertOptions(amp=args.amp, qa_threshold=args.qa_threshold, max_voxels=args.max_voxels,
-                                 mask_background=args.mask_background, **(
+                                 mask_background=args.mask_background,
+                                 disagreement=getattr(args, "disagreement", True), **(
                                      {"batch_size": args.batch_size} if args.batch_size else {}))
         service = ConversionService.from_checkpoint(args.checkpoint, args.device, contract_overrides(args), options)
         records = convert_dicomweb(_dicomweb_client(args.dicomweb), service, args.study, args.series,
@@ -120,7 +132,8 @@ def main_convert(args: argparse.Namespace) -> int:
             dicom=args.dicom,
             series_uid=args.series_uid, progress=getattr(args, "progress", True),
             qa_threshold=getattr(args, "qa_threshold", 0.90), max_voxels=getattr(args, "max_voxels", None),
-            mask_background=getattr(args, "mask_background", True), contract_overrides=contract_overrides(args))
+            mask_background=getattr(args, "mask_background", True), contract_overrides=contract_overrides(args),
+            disagreement=getattr(args, "disagreement", True))
     except (ValueError, OSError) as exc:  # checkpoint / argument problems, raised before any input is read
         print(f"ctmri convert: error: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ def convert_dicomweb(client: Any, service: ConversionService, study_uid: str, se
                      direction: str | None = None) -> list[dict[str, Any]]:
     """Convert the image series of ``study_uid`` (or only ``series_uid``) found through ``client`` and store each
     derived series back; returns one record per series: series, status (ok | failed | skipped), output series
-    UID or error."""
+    UID or error, and the disagreement map's figures when it was made."""
     if series_uid is not None:
         wanted = [series_uid]
     else:
@@ -51,5 +51,7 @@ def convert_dicomweb(client: Any, service: ConversionService, study_uid: str, se
             else:
                 record.update(status="ok", output_series_uid=result.derived.series_uid,
                               direction=result.converted.report["direction"], qa=result.converted.report["qa"])
+                if result.converted.report.get("disagreement") is not None:  # the map's figures (no map file)
+                    record["disagreement"] = result.converted.report["disagreement"]
         records.append(record)
     return records

@@ -1,8 +1,9 @@
 """The options that travel together through a conversion, as typed objects.
 
 `ConvertOptions`: how one volume is converted (slices per call, device, mixed precision, background, QA threshold,
-voxel limit, series choice, slice inferer). `BatchOptions`: how a batch runs (overwrite, DICOM output, progress,
-read-ahead, ranks, where the table goes) and which model it uses when none is loaded from a checkpoint.
+voxel limit, series choice, slice inferer, whether the disagreement map is made). `BatchOptions`: how a batch
+runs (overwrite, DICOM output, progress, read-ahead, ranks, where the table goes) and which model it uses when none
+is loaded from a checkpoint.
 Keyword arguments of the old flat signatures map onto these fields by name (`split_options`), so a caller may give
 either the objects or the names; an unknown name is a ``TypeError`` as before.
 """
@@ -33,6 +34,7 @@ class ConvertOptions:
     max_voxels: int | None = None
     series_uid: str | None = None
     inferer: Any = None
+    disagreement: bool = True
 
     def replace(self, **changes: Any) -> ConvertOptions:
         """A copy with ``changes``."""

@@ -7,11 +7,15 @@ target intensity (synthetic CT in HU through the model's window as int16, synthe
 NIfTI with the input's shape and affine, marked SYNTHETIC with its valid range.
 
 `convert_loaded` does everything in memory (the service object and the DICOM node use it); `write_converted`
-writes its NIfTI and DICOM outputs; `convert_volume` is both, for one file.
+writes its NIfTI and DICOM outputs; `convert_volume` is both, for one file. With a backward generator and
+``options.disagreement``, the disagreement map (`ctmri_monai.convert.trust`) is computed from the same translation,
+its figures go into the report (``disagreement``), its flagged regions into the QA montage, and the map itself is
+written beside the output as ``<stem>_<direction>_disagreement.nii.gz``; it never changes the synthetic volume.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +29,8 @@ import torch
 
 from ctmri_monai import DOMAINS
 from ctmri_monai.convert.options import ConvertOptions, split_options
-from ctmri_monai.convert.qa import consistency_report, save_montage
+from ctmri_monai.convert.qa import MontageLayout, consistency_report, save_montage
+from ctmri_monai.convert.trust import disagreement_description, disagreement_path, volume_disagreement
 from ctmri_monai.engines.slices import translate_volume, valid_range
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.nifti import nifti_image_like, output_error, write_nifti
@@ -35,6 +40,7 @@ from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.checks import check_contract
 from ctmri_monai.transforms.intensity import require_ct_window
 
+logger = logging.getLogger(__name__)
 
 def synthetic_description(source: str, target: str, model_info: Mapping[str, Any] | None = None,
                           value_range: Mapping[str, Any] | None = None) -> str:
@@ -71,23 +77,26 @@ def _check_route(source: str, target: str, spec: ModelSpec, model_info: Mapping[
 
 @dataclass(frozen=True)
 class Model:
-    """A generator with its data contract and what outputs record about it (`networks.loading.model_info`)."""
+    """A generator with its data contract and what outputs record about it (`networks.loading.model_info`);
+    ``backward``: the checkpoint's other generator (the disagreement map needs it), None when unknown."""
 
     generator: Callable[[torch.Tensor], torch.Tensor]
     spec: ModelSpec
     info: Mapping[str, Any] = field(default_factory=dict)
+    backward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
 class Converted:
     """A conversion in memory: the synthetic ``array`` on the input's grid, the input ``volume`` (its image freed)
     and the ``report`` (direction, shape, slices, timings, qa, warnings, value_range, background_masked,
-    description)."""
+    description, disagreement: the map's figures or None); ``disagreement``: the map on the input's grid."""
 
     array: np.ndarray
     volume: Volume
     report: dict[str, Any]
     started: float = 0.0
+    disagreement: np.ndarray | None = None
 
 
 def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, source: str, target: str,
@@ -112,9 +121,22 @@ def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, 
                                    batch_size=options.batch_size, device=device, amp=options.amp,
                                    mask_background=options.mask_background, progress=progress,
                                    inferer=options.inferer)
-    volume.image = None  # type: ignore[assignment]  # free the float32 copy of the input
     warnings += translation.warnings
     timings.update(translation.timings)
+    trust = None
+    if options.disagreement and model.backward is None:
+        logger.info("%s: no disagreement map (the model has no backward generator: give a checkpoint)", input_path)
+    elif options.disagreement:  # before the input image is freed: the map goes back onto its grid
+        t = time.perf_counter()
+        run = {"batch_size": options.batch_size, "device": device, "amp": options.amp}
+        try:
+            trust = volume_disagreement(translation, volume.image, volume.affine, spec,
+                                        (model.generator, model.backward), f"{source}2{target}", run)
+        except Exception as exc:  # noqa: BLE001 - the map is a warning on top: its failure must not lose the output
+            logger.warning("%s: no disagreement map (%s: %s)", input_path, type(exc).__name__, exc)
+            warnings.append(f"no disagreement map ({type(exc).__name__}: {exc})")
+        lap("disagreement", t)
+    volume.image = None  # type: ignore[assignment]  # free the float32 copy of the input
     t = time.perf_counter()
 
     axis, numbers = _axial_slice_numbers(volume, spec.geometry.axcodes, int(translation.source_unit.shape[-1]))
@@ -124,8 +146,9 @@ def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, 
     qa["gap"] = translation.gap  # the domain gap (ctmri_monai.transforms.gap): in the montage and summary.json
     if montage is not None:
         try:
-            qa["montage"] = str(save_montage(source_unit, fake_unit, montage, qa, numbers, spec.geometry.axcodes,
-                                             spacing=translation.spacing))
+            layout = MontageLayout(axcodes=spec.geometry.axcodes, spacing=translation.spacing)
+            qa["montage"] = str(save_montage(source_unit, fake_unit, montage, qa, numbers, layout,
+                                             None if trust is None else trust.frames_flagged))
         except OSError as exc:
             raise output_error(montage, exc) from exc
     lap("qa", t)
@@ -144,20 +167,28 @@ def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, 
         value_range=value_range,
         background_masked=bool(options.mask_background),
         description=synthetic_description(source, target, model.info, value_range),
+        disagreement=None if trust is None else trust.figures,
     )
-    return Converted(array, volume, report, t_start)
+    return Converted(array, volume, report, t_start, None if trust is None else trust.grid)
 
 
 def write_converted(converted: Converted, output_path: str | os.PathLike, dicom_output_dir: str | os.PathLike | None,
                     model_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write the NIfTI (and, with ``dicom_output_dir``, the derived DICOM series) of ``converted``, all or nothing;
-    returns {"output", "dicom_output", "dicom_series_uid"}."""
+    """Write the NIfTI (the disagreement map beside it when there is one; and, with ``dicom_output_dir``, the
+    derived DICOM series) of ``converted``, all or nothing; returns {"output", "dicom_output", "dicom_series_uid"}
+    and the map's path in ``report["disagreement"]["map"]``."""
     array, volume, report = converted.array, converted.volume, converted.report
     source, target = report["direction"].split("2")
     result: dict[str, Any] = {"dicom_output": None, "dicom_series_uid": None}
     output: Path | None = None
+    dmap: Path | None = None
     try:
         output = write_nifti(nifti_image_like(array, volume, report["description"]), output_path)
+        if converted.disagreement is not None:
+            description = disagreement_description(report["direction"], model_info)
+            dmap = write_nifti(nifti_image_like(converted.disagreement, volume, description),
+                               disagreement_path(output_path, report["direction"]))
+            report["disagreement"]["map"] = str(dmap)
         if dicom_output_dir is not None:
             from ctmri_monai.io.dicom_write import write_dicom_series
 
@@ -167,8 +198,9 @@ def write_converted(converted: Converted, output_path: str | os.PathLike, dicom_
                 raise output_error(dicom_output_dir, exc) from exc
             result.update(dicom_output=str(dicom["folder"]), dicom_series_uid=dicom["series_uid"])
     except Exception:
-        if output is not None:
-            output.unlink(missing_ok=True)  # all or nothing: no NIfTI without its DICOM series
+        for done in (output, dmap):  # all or nothing: no NIfTI or map without the other and the DICOM series
+            if done is not None:
+                done.unlink(missing_ok=True)
         if report["qa"].get("montage"):
             Path(report["qa"]["montage"]).unlink(missing_ok=True)
         raise
@@ -176,7 +208,7 @@ def write_converted(converted: Converted, output_path: str | os.PathLike, dicom_
     return result
 
 
-_CALL_NAMES = ("model_info", "dicom_output_dir", "qa_dir", "progress", "volume")
+_CALL_NAMES = ("model_info", "dicom_output_dir", "qa_dir", "progress", "volume", "backward")
 
 
 def convert_volume(input_path: str | os.PathLike, output_path: str | os.PathLike,
@@ -189,10 +221,11 @@ def convert_volume(input_path: str | os.PathLike, output_path: str | os.PathLike
     ``options`` (`ConvertOptions`), or its fields by name (batch_size, device, amp, mask_background, qa_threshold,
     max_voxels, series_uid, inferer). Further names: ``model_info``; ``dicom_output_dir``; ``qa_dir`` (the montage
     folder); ``progress`` (an object with ``update(n)``, e.g. a tqdm bar, advanced per slice); ``volume``
-    (``input_path`` already loaded with `load_volume`, e.g. read ahead by a batch).
+    (``input_path`` already loaded with `load_volume`, e.g. read ahead by a batch); ``backward`` (the other
+    generator of the checkpoint: with it and ``options.disagreement`` the disagreement map is written too).
     Returns a dict: input, output, direction, shape, slices, seconds, timings, qa, warnings, value_range,
-    dicom_output, dicom_series_uid. Bad input raises `InputError` or `ContractError` naming the file; nothing is
-    left behind then.
+    dicom_output, dicom_series_uid, disagreement (the map's figures and path, or None). Bad input raises
+    `InputError` or `ContractError` naming the file; nothing is left behind then.
     """
     t_start = time.perf_counter()
     options, call = split_options(options, **names)
@@ -208,8 +241,8 @@ def convert_volume(input_path: str | os.PathLike, output_path: str | os.PathLike
         raise InputError(input_path, "DICOM output needs a DICOM series input")
     qa_dir = call.get("qa_dir")
     montage = Path(qa_dir) / f"{path_stem(output_path)}_qa.png" if qa_dir is not None else None
-    converted = convert_loaded(input_path, volume, Model(generator, spec, model_info or {}), source, target,
-                               options, call.get("progress"), montage)
+    model = Model(generator, spec, model_info or {}, call.get("backward"))
+    converted = convert_loaded(input_path, volume, model, source, target, options, call.get("progress"), montage)
     converted.report["timings"]["load"] = round(converted.report["timings"]["load"] + converted.started - t_start,
                                                 4)
     t = time.perf_counter()
@@ -222,4 +255,4 @@ def convert_volume(input_path: str | os.PathLike, output_path: str | os.PathLike
             "shape": report["shape"], "slices": report["slices"], "seconds": round(time.perf_counter() - t_start, 3),
             "timings": report["timings"], "qa": report["qa"], "warnings": report["warnings"],
             "value_range": report["value_range"], "background_masked": report["background_masked"],
-            "description": report["description"]}
+            "description": report["description"], "disagreement": report["disagreement"]}

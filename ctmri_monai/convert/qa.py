@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ from PIL import Image, ImageDraw
 
 from ctmri_monai.io.images import save_png, unit_to_uint8
 from ctmri_monai.metrics.consistency import consistency_metrics
+from ctmri_monai.metrics.flagged import outline_regions
 from ctmri_monai.metrics.paired import dice
 from ctmri_monai.transforms.mask import image_head_mask, with_min_area
 
-__all__ = ["consistency_report", "gap_cell", "gap_line", "pick_slices", "save_montage", "upright"]
+__all__ = ["MontageLayout", "consistency_report", "gap_cell", "gap_line", "pick_slices", "save_montage",
+           "upright"]
 
 
 def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, threshold: float = 0.90,
@@ -147,14 +150,29 @@ def _x(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}x"
 
 
+@dataclass(frozen=True)
+class MontageLayout:
+    """How a QA montage is laid out: the frames' ``axcodes``, ``n`` slices in ``columns``, tiles enlarged to at
+    least ``min_tile`` pixels, the frames' voxel ``spacing`` (mm, for the sagittal reformat's proportions)."""
+
+    axcodes: str = "PLS"
+    n: int = 6
+    columns: int = 2
+    min_tile: int = 128
+    spacing: Sequence[float] = (1.0, 1.0, 1.0)
+
+
 def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | os.PathLike,
                  report: dict[str, Any] | None = None, slice_index: Sequence[int] | None = None,
-                 axcodes: str = "PLS", n: int = 6, columns: int = 2, min_tile: int = 128,
-                 spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Path:
+                 layout: MontageLayout | None = None, flagged: np.ndarray | None = None) -> Path:
     """PNG montage of a few axial slices, each as ``generator input | output``: red frame and label where the
-    anatomy changed (Dice < threshold), orange label where tissue was invented in an empty slice; below them the
+    anatomy changed (Dice < threshold), orange label where tissue was invented in an empty slice, and the red
+    outlines of the disagreement map's ``flagged`` regions (bool, the frames' shape) on the output; below them the
     mid-line sagittal reformat of input and output (slices that disagree show as stripes), with the through-plane
     and structure figures, and the domain gap (``report["gap"]``) in orange when far from training."""
+    layout = layout or MontageLayout()
+    axcodes, n, columns, min_tile, spacing = (layout.axcodes, layout.n, layout.columns, layout.min_tile,
+                                              layout.spacing)
     src, out = np.asarray(source_unit), np.asarray(output_unit)
     depth = src.shape[2]
     names = list(range(depth)) if slice_index is None else [int(i) for i in slice_index]
@@ -183,6 +201,10 @@ def save_montage(source_unit: np.ndarray, output_unit: np.ndarray, path: str | o
         tiles = [np.kron(unit_to_uint8(upright(a[:, :, k], axcodes)), block) for a in (src, out)]
         pair = np.concatenate([tiles[0], np.zeros((h, gap), np.uint8), tiles[1]], axis=1)
         canvas.paste(Image.fromarray(pair, mode="L").convert("RGB"), (x0 + pad, y0 + label_h + pad))
+        if flagged is not None and flagged[:, :, k].any():  # the flagged regions' outlines on the output
+            marked = outline_regions(unit_to_uint8(upright(out[:, :, k], axcodes)),
+                                     upright(flagged[:, :, k], axcodes), zoom=zoom)
+            canvas.paste(Image.fromarray(marked, mode="RGB"), (x0 + pad + w + gap, y0 + label_h + pad))
         d = dice_of.get(name)
         bad = d is not None and d < threshold
         if name in in_air:

@@ -4,7 +4,10 @@
 logged contract overrides: the checkpoint is read once, its generators built once, its contract resolved once.
 It converts a loaded volume (`convert`), a DICOM series folder into a result holding the derived series'
 datasets (`convert_series`), or a file into NIfTI / DICOM outputs (`convert_file`, the batch's and
-``ctmri convert``'s road). The DICOM node and DICOMweb conversion go through it too.
+``ctmri convert``'s road). The DICOM node and DICOMweb conversion go through it too. With the disagreement map on
+(``ConvertOptions.disagreement``, the default), the service also holds each direction's backward generator (the
+checkpoint's other one, read from the same checkpoint data), which the map's cycle signal needs; a model given
+without one converts without the map (logged).
 """
 
 from __future__ import annotations
@@ -28,12 +31,19 @@ from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.intensity import require_ct_window
 from ctmri_monai.utils.device import resolve_device
 
-__all__ = ["ConversionService", "SeriesConversion", "direction_for_modality", "resolve_contract"]
+__all__ = ["ConversionService", "SeriesConversion", "direction_for_modality", "resolve_contract",
+           "reverse_direction"]
 
 logger = logging.getLogger(__name__)
 
 #: The direction a series' Modality asks for.
 MODALITY_DIRECTIONS = {"CT": "ct2mri", "MR": "mri2ct"}
+
+
+def reverse_direction(direction: str) -> str:
+    """The other direction of a CycleGAN (ct2mri <-> mri2ct)."""
+    source, target = DIRECTIONS[direction]
+    return f"{target}2{source}"
 
 
 def resolve_contract(spec: ModelSpec | None, info: Mapping[str, Any],
@@ -82,11 +92,13 @@ class SeriesConversion:
 
 
 class ConversionService:
-    """One model (generators by direction, one contract) that converts many inputs with one set of options."""
+    """One model (generators by direction, one contract) that converts many inputs with one set of options;
+    ``backward``: by direction, the other generator of the checkpoint when it is not among ``generators``."""
 
     def __init__(self, generators: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], spec: ModelSpec | None,
                  model_info: Mapping[str, Any] | None = None, options: ConvertOptions | None = None,
-                 contract_overrides: Mapping[str, Any] | None = None) -> None:
+                 contract_overrides: Mapping[str, Any] | None = None,
+                 backward: Mapping[str, Callable[[torch.Tensor], torch.Tensor] | None] | None = None) -> None:
         unknown = sorted(set(generators) - set(DIRECTIONS))
         if unknown or not generators:
             raise ValueError(f"generators by direction {tuple(DIRECTIONS)} expected, got {sorted(generators)}")
@@ -96,6 +108,8 @@ class ConversionService:
         self.info = info
         self.generators = dict(generators)
         self.options = options or ConvertOptions()
+        given = dict(backward or {})
+        self.backward = {d: given.get(d) or self.generators.get(reverse_direction(d)) for d in self.generators}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
@@ -119,9 +133,15 @@ class ConversionService:
         wanted = list(directions) if directions is not None else [d for d in DIRECTIONS if f"generator_{d}" in data]
         for direction in wanted:
             generators[direction] = generator_from(data, direction, checkpoint, dev)
+        backward: dict[str, Any] = {}
+        if options.disagreement:  # the map's backward generators, from the same checkpoint data, each built once
+            for direction in wanted:
+                other = reverse_direction(direction)
+                if other not in generators and f"generator_{other}" in data:
+                    backward[direction] = generator_from(data, other, checkpoint, dev)
         spec = ModelSpec.from_state(data.get("model_spec"))
         info = model_info(checkpoint, wanted[0] if len(wanted) == 1 else "", spec)
-        return cls(generators, spec, info, options, contract_overrides)
+        return cls(generators, spec, info, options, contract_overrides, backward)
 
     @property
     def directions(self) -> list[str]:
@@ -133,7 +153,12 @@ class ConversionService:
         if direction not in self.generators:
             raise ContractError(self.info.get("file") or "model",
                                 f"no {direction} generator (it has {', '.join(self.generators)})")
-        return Model(self.generators[direction], self.spec, dict(self.info, direction=direction))
+        return Model(self.generators[direction], self.spec, dict(self.info, direction=direction),
+                     self.backward.get(direction))
+
+    def writes_map(self, direction: str) -> bool:
+        """Whether conversions of ``direction`` write a disagreement map (on, and a backward generator known)."""
+        return bool(self.options.disagreement) and self.backward.get(direction) is not None
 
     def convert(self, volume: Volume, direction: str, progress: Any = None,
                 montage: Path | None = None) -> Converted:
@@ -164,4 +189,4 @@ class ConversionService:
         model = self.model(direction)
         source, target = DIRECTIONS[direction]
         return convert_volume(path, output, model.generator, self.spec, source, target, self.options,
-                              model_info=self.info, **outputs)
+                              model_info=self.info, backward=model.backward, **outputs)

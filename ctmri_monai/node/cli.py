@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from ctmri_monai import DIRECTIONS
-from ctmri_monai.convert.cli import add_contract_arguments, contract_overrides
+from ctmri_monai.convert.cli import add_contract_arguments, add_disagreement_argument, contract_overrides
 
 __all__ = ["add_jobs_arguments", "add_serve_arguments", "format_jobs", "main_jobs", "main_serve"]
 
@@ -40,6 +40,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-retry-seconds", type=float, default=300.0)
     parser.add_argument("--senders", type=int, default=4,
                         help="derived series delivered side by side (default 4; a PACS stores them in parallel)")
+    add_disagreement_argument(parser)
     return add_contract_arguments(parser)
 
 
@@ -78,7 +79,8 @@ def main_serve(args: argparse.Namespace) -> int:
     try:
         destination = Destination.parse(args.destination) if args.destination else None
         device = resolve_device(args.device)
-        options = ConvertOptions(batch_size=args.batch_size or default_batch_size(device), device=device)
+        options = ConvertOptions(batch_size=args.batch_size or default_batch_size(device), device=device,
+                                 disagreement=args.disagreement)
         service = ConversionService.from_checkpoint(args.checkpoint, device, contract_overrides(args), options)
     except (ValueError, OSError) as exc:
         print(f"ctmri serve: error: {exc}", file=sys.stderr)
@@ -100,12 +102,15 @@ def main_serve(args: argparse.Namespace) -> int:
 
 def format_jobs(rows: list[dict[str, Any]]) -> str:
     """The journal as a plain-text table."""
-    header = f"{'status':<10} {'mod':<4} {'inst':>4} {'dir':<7} {'sec':>6}  series -> output  reason"
+    from ctmri_monai.convert.trust import flagged_cell
+
+    header = f"{'status':<10} {'mod':<4} {'inst':>4} {'dir':<7} {'sec':>6} {'flagged':>7}  series -> output  reason"
     lines = [header, "-" * len(header)]
     for r in rows:
         sec = (r["converted_at"] or 0) - (r["completed_at"] or 0) if r["converted_at"] else None
         lines.append(f"{r['status']:<10} {r['modality'] or '-':<4} {r['instances']:>4} {r['direction'] or '-':<7} "
-                     f"{'-' if sec is None else f'{sec:.1f}':>6}  {r['series_uid']} -> "
+                     f"{'-' if sec is None else f'{sec:.1f}':>6} {flagged_cell(r.get('disagreement')):>7}  "
+                     f"{r['series_uid']} -> "
                      f"{r['output_series_uid'] or '-'}  {r['reason'] or ''}")
     counts: dict[str, int] = {}
     for r in rows:

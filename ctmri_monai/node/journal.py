@@ -8,10 +8,14 @@ converted). Every change is committed before the node acts on it, so a restart a
 journal: ``receiving`` and ``converting`` become ``queued`` again, ``delivering`` becomes ``sending`` and is sent
 again from the spool with the same UIDs (a PACS stores an instance it already has once), so each derived series
 arrives exactly once.
+
+A converted series' ``disagreement`` column holds the disagreement map's figures (`ctmri_monai.metrics.flagged.
+flag_figures`) as JSON (NULL without the map); a journal written before the column existed gains it when opened.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -24,13 +28,13 @@ __all__ = ["COLUMNS", "Journal"]
 
 COLUMNS = ("series_uid", "study_uid", "modality", "calling_aet", "instances", "non_image", "status", "reason",
            "direction", "output_series_uid", "attempts", "received_at", "updated_at", "completed_at",
-           "converted_at", "sent_at", "next_attempt")
+           "converted_at", "sent_at", "next_attempt", "disagreement")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
   series_uid TEXT PRIMARY KEY, study_uid TEXT, modality TEXT, calling_aet TEXT, instances INTEGER DEFAULT 0,
   non_image INTEGER DEFAULT 0, status TEXT NOT NULL, reason TEXT, direction TEXT, output_series_uid TEXT,
   attempts INTEGER DEFAULT 0, received_at REAL, updated_at REAL, completed_at REAL, converted_at REAL,
-  sent_at REAL, next_attempt REAL DEFAULT 0);
+  sent_at REAL, next_attempt REAL DEFAULT 0, disagreement TEXT);
 CREATE TABLE IF NOT EXISTS instances (sop_uid TEXT PRIMARY KEY, series_uid TEXT NOT NULL, image INTEGER);
 """
 
@@ -48,6 +52,9 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")  # `ctmri jobs` reads while the node writes
             self._db.execute("PRAGMA synchronous=FULL")  # a committed status survives a power cut
             self._db.executescript(_SCHEMA)
+            have = {r["name"] for r in self._db.execute("PRAGMA table_info(series)")}
+            if "disagreement" not in have:  # a journal from before the map: keep it readable, add the column
+                self._db.execute("ALTER TABLE series ADD COLUMN disagreement TEXT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -129,18 +136,23 @@ class Journal:
         return dict(row) | {"status": new_status}
 
     def update(self, series_uid: str, **values: Any) -> None:
-        """Set columns of one series."""
+        """Set columns of one series (``disagreement``: a dict, stored as JSON)."""
         unknown = set(values) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown journal columns {sorted(unknown)}")
+        if values.get("disagreement") is not None:
+            values["disagreement"] = json.dumps(values["disagreement"])
         names = ", ".join(f"{k} = ?" for k in values)
         with self._tx() as db:
             db.execute(f"UPDATE series SET {names} WHERE series_uid = ?", (*values.values(), series_uid))
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every series, oldest first."""
+        """Every series, oldest first (``disagreement`` decoded from JSON)."""
         with self._lock:
-            return [dict(r) for r in self._db.execute("SELECT * FROM series ORDER BY received_at")]
+            rows = [dict(r) for r in self._db.execute("SELECT * FROM series ORDER BY received_at")]
+        for row in rows:
+            row["disagreement"] = json.loads(row["disagreement"]) if row.get("disagreement") else None
+        return rows
 
     def count(self, status: str) -> int:
         with self._lock:

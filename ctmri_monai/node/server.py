@@ -176,7 +176,8 @@ class Node:
             return
         status = "sending" if self.config.destination is not None else "converted"
         self.journal.update(uid, status=status, reason=None, direction=result.converted.report["direction"],
-                            output_series_uid=result.derived.series_uid, converted_at=time.time(), next_attempt=0)
+                            output_series_uid=result.derived.series_uid, converted_at=time.time(), next_attempt=0,
+                            disagreement=result.converted.report.get("disagreement"))
         logger.info("series %s converted to %s in %.1f s", uid, result.derived.series_uid, time.perf_counter() - t0)
         del result
         self._wake.set()

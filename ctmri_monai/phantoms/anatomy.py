@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LABELS", "build_labels", "check_geometry", "make_label_map", "phantom_affine"]
+__all__ = ["LABELS", "LESIONS", "build_labels", "check_geometry", "make_label_map", "phantom_affine"]
 
 LABELS: dict[str, int] = {
     "background": 0,
@@ -26,6 +26,8 @@ LABELS: dict[str, int] = {
     "edema": 9,
 }
 _L = LABELS
+#: Lesion kinds of a subject: none, a hyperdense bleed (haemorrhage-like), a mass with oedema (tumour-like).
+LESIONS = ("none", "bleed", "mass")
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -95,7 +97,7 @@ def _waves(rng: np.random.Generator, u, v, w, wavelength: float, n: int = 6) -> 
     return out
 
 
-def _subject_params(rng: np.random.Generator, shape, spacing) -> dict[str, Any]:
+def _subject_params(rng: np.random.Generator, shape, spacing, lesion: str | None = None) -> dict[str, Any]:
     fov = [shape[a] * spacing[a] for a in range(3)]
     s = min(fov[0], fov[1]) / 192.0  # anatomy is sized for a 192 mm in-plane field of view, scaled to fit
     radii = s * np.array([rng.uniform(68, 75), rng.uniform(80, 87), rng.uniform(78, 88)])
@@ -103,7 +105,8 @@ def _subject_params(rng: np.random.Generator, shape, spacing) -> dict[str, Any]:
     centre = s * np.array([rng.uniform(-4, 4), rng.uniform(-4, 4), rng.uniform(-2, 2)])
     centre[2] += top - radii[2]
     angles = [rng.uniform(-8, 8), rng.uniform(-6, 6), rng.uniform(-4, 4)]
-    lesion = str(rng.choice(["none", "bleed", "mass"], p=[0.4, 0.35, 0.25]))
+    drawn = str(rng.choice(LESIONS, p=[0.4, 0.35, 0.25]))  # drawn even when overridden: the rest stays the same
+    lesion = drawn if lesion is None else lesion
     return {
         "scale": s,
         "radii_mm": radii.tolist(),
@@ -140,9 +143,13 @@ class _Frame:
         return self.u[box], self.v[box], self.w[box]
 
 
-def build_labels(shape, spacing, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Label map plus a 0..1 'depth within the skull' field (0/1 at the tables, 0.5 mid diploe)."""
-    p = _subject_params(rng, shape, spacing)
+def build_labels(shape, spacing, rng: np.random.Generator,
+                 lesion: str | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Label map plus a 0..1 'depth within the skull' field (0/1 at the tables, 0.5 mid diploe). ``lesion``
+    ("none", "bleed" or "mass") replaces the subject's drawn lesion kind (None: keep it)."""
+    if lesion is not None and lesion not in LESIONS:
+        raise ValueError(f"lesion must be one of {LESIONS}, got {lesion!r}")
+    p = _subject_params(rng, shape, spacing, lesion)
     s = p["scale"]
     a, b, c = p["radii_mm"]
     fr = _Frame(shape, spacing, p["centre_mm"], _rotation(*np.deg2rad(p["angles_deg"])))

@@ -103,13 +103,14 @@ def _render_mri(labels: np.ndarray, skull_depth: np.ndarray, rng: np.random.Gene
 
 
 def make_subject(index: int, seed: int = 0, shape: tuple[int, int, int] = (96, 96, 48),
-                 spacing: tuple[float, float, float] = (2.0, 2.0, 3.0)) -> Phantom:
-    """Build subject ``index`` for ``seed``: label map, CT (int16 HU) and T1-like MRI (float32), paired."""
+                 spacing: tuple[float, float, float] = (2.0, 2.0, 3.0), lesion: str | None = None) -> Phantom:
+    """Build subject ``index`` for ``seed``: label map, CT (int16 HU) and T1-like MRI (float32), paired.
+    ``lesion`` ("none", "bleed", "mass") replaces the drawn lesion kind; everything else stays as drawn."""
     shape, spacing = check_geometry(shape, spacing)
     if int(seed) < 0 or int(index) < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     geometry_rng = np.random.default_rng([int(seed), int(index), 0])
-    labels, skull_depth, info = build_labels(shape, spacing, geometry_rng)
+    labels, skull_depth, info = build_labels(shape, spacing, geometry_rng, lesion)
     noise_rng = np.random.default_rng([int(seed), int(index), 1])
     ct = _render_ct(labels, skull_depth, noise_rng)
     mri = _render_mri(labels, skull_depth, noise_rng)

@@ -139,8 +139,9 @@ def _remove_stale(out: Path) -> None:
         for p in (out / d).glob("subj*_z*.png"):
             if png.fullmatch(p.name):
                 p.unlink()
-    for kind in ("ct", "mri", "labels"):
-        for p in (out / "volumes" / kind).glob("subj*.nii.gz"):
+    for folder in ("volumes/ct", "volumes/mri", "volumes/labels", "heldout/ct", "heldout/mri", "counterparts/ct",
+                   "counterparts/mri"):
+        for p in (out / folder).glob("subj*.nii.gz"):
             if re.fullmatch(r"subj\d{3,}\.nii\.gz", p.name):
                 p.unlink()
     for p in (out / "dicom" / "ct").glob("subj*"):
@@ -148,9 +149,24 @@ def _remove_stale(out: Path) -> None:
             continue
         if all(f.suffix == ".dcm" for f in p.iterdir()):
             shutil.rmtree(p)
-    for folder in (out, *(out / d for d in ("volumes/ct", "volumes/mri", "volumes/labels", "dicom/ct"))):
+    for folder in (out, *(out / d for d in ("volumes/ct", "volumes/mri", "volumes/labels", "dicom/ct", "heldout/ct",
+                                            "heldout/mri", "counterparts/ct", "counterparts/mri"))):
         if folder.is_dir():
             remove_stale_temporaries(folder)  # left by a run that was killed while writing
+
+
+def _lesion_domain(index: int, split: str) -> str:
+    """With ``lesions``: the domain a subject belongs to, "ct", "mri" or "both" (held out, paired)."""
+    return "both" if split == "test" else ("ct" if index % 2 == 0 else "mri")
+
+
+def _volume_folder(kind: str, domain: str, split: str, lesions: bool) -> str:
+    """Where a subject's ``kind`` volume goes (``make_phantoms``)."""
+    if not lesions or kind == "labels":
+        return f"volumes/{kind}"
+    if split == "test":
+        return f"heldout/{kind}"
+    return f"volumes/{kind}" if domain == kind else f"counterparts/{kind}"
 
 
 def n_test_subjects(subjects: int, test_fraction: float) -> int:
@@ -167,8 +183,15 @@ def make_phantoms(output_dir: str | os.PathLike[str], subjects: int = 8, seed: i
                   shape: tuple[int, int, int] = (96, 96, 48), test_fraction: float = 0.25,
                   spacing: tuple[float, float, float] = (2.0, 2.0, 3.0),
                   ct_png_window: tuple[float, float] = CT_PNG_WINDOW, min_head_fraction: float = 0.05,
-                  write_dicom: bool = True) -> dict[str, Any]:
+                  write_dicom: bool = True, lesions: bool = False) -> dict[str, Any]:
     """Write a paired synthetic CT / T1-MRI head data set under ``output_dir``.
+
+    ``lesions``: the two domains differ in content, as in the paper's data (a haemorrhage CT collection, a tumour
+    MRI collection). Training subjects alternate: even ones are CT-domain subjects with a bleed (their CT in
+    ``volumes/ct``, ``trainA`` and DICOM), odd ones MRI-domain subjects with a mass (their MRI in ``volumes/mri``,
+    ``trainB``); the other modality of each is kept in ``counterparts/ct|mri`` (never read by training). The test
+    subjects alternate bleed and mass and stay paired: ``heldout/ct|mri`` (outside the volumes layout) and
+    ``testA``/``testB``. Labels of every subject stay in ``volumes/labels``.
 
     Layout (``NNN`` = subject index from 000, ``MMM`` = axial slice index):
 
@@ -203,7 +226,7 @@ def make_phantoms(output_dir: str | os.PathLike[str], subjects: int = 8, seed: i
         (out / d).mkdir(parents=True, exist_ok=True)
 
     result: dict[str, Any] = {
-        "output_dir": str(out), "seed": seed, "subjects": subjects, "shape": list(shape),
+        "output_dir": str(out), "seed": seed, "subjects": subjects, "shape": list(shape), "lesions": bool(lesions),
         "spacing": list(spacing), "ct_png_window": list(map(float, ct_png_window)),
         "train_subjects": [], "test_subjects": [], "ct_volumes": [], "mri_volumes": [], "label_volumes": [],
         "dicom_series": [], "png_dirs": {d: str(out / d) for d in _PNG_DIRS},
@@ -215,15 +238,23 @@ def make_phantoms(output_dir: str | os.PathLike[str], subjects: int = 8, seed: i
     with ThreadPoolExecutor(max_workers=2) as pool:
         in_flight: list[list[Future]] = []
         for i in range(subjects):
-            ph = make_subject(i, seed, shape, spacing)
             split = "test" if i >= subjects - n_test else "train"
+            domain = _lesion_domain(i, split) if lesions else "both"
+            lesion = None if not lesions else ("bleed" if domain == "ct" or (domain == "both" and i % 2 == 0)
+                                               else "mass")
+            ph = make_subject(i, seed, shape, spacing, lesion=lesion)
             result[f"{split}_subjects"].append(ph.name)
             jobs = []
             for kind, data in (("ct", ph.ct), ("mri", ph.mri), ("labels", ph.labels)):
-                path = out / "volumes" / kind / f"{ph.name}.nii.gz"
+                folder = _volume_folder(kind, domain, split, lesions)
+                path = out / folder / f"{ph.name}.nii.gz"
+                path.parent.mkdir(parents=True, exist_ok=True)
                 jobs.append(pool.submit(_write_nifti, path, data, ph.affine))
-                result["label_volumes" if kind == "labels" else f"{kind}_volumes"].append(str(path))
-            if write_dicom:
+                if folder.startswith("volumes"):
+                    result["label_volumes" if kind == "labels" else f"{kind}_volumes"].append(str(path))
+                else:
+                    result.setdefault(folder.replace("/", "_"), []).append(str(path))
+            if write_dicom and domain != "mri":
                 series_dir = out / "dicom" / "ct" / ph.name
                 jobs.append(pool.submit(_write_ct_dicom, series_dir, ph, seed, ct_png_window))
                 result["dicom_files"] += ph.ct.shape[2]
@@ -236,11 +267,12 @@ def make_phantoms(output_dir: str | os.PathLike[str], subjects: int = 8, seed: i
             dir_ct, dir_mri = ("testA", "testB") if split == "test" else ("trainA", "trainB")
             ct8 = radiological_stack(ct_to_png(ph.ct, ct_png_window))[slices]
             mri8 = radiological_stack(mri_to_png(ph.mri, lo, hi))[slices]
-            jobs.append(pool.submit(_write_pngs, out / dir_ct, names, ct8))
-            jobs.append(pool.submit(_write_pngs, out / dir_mri, names, mri8))
-            result["png_counts"][dir_ct] += len(slices)
-            result["png_counts"][dir_mri] += len(slices)
-            details[ph.name] = {"split": split, "png_slices": slices, "mri_png_range": [lo, hi], **ph.info}
+            for folder, images, kind in ((dir_ct, ct8, "ct"), (dir_mri, mri8, "mri")):
+                if domain in (kind, "both"):
+                    jobs.append(pool.submit(_write_pngs, out / folder, names, images))
+                    result["png_counts"][folder] += len(slices)
+            details[ph.name] = {"split": split, "domain": domain, "png_slices": slices, "mri_png_range": [lo, hi],
+                                **ph.info}
             in_flight.append(jobs)
             if len(in_flight) > 1:
                 for job in in_flight.pop(0):
