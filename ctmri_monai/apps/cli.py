@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ctmri_monai import DIRECTIONS
 from ctmri_monai.apps.reproduce import add_reproduce_arguments, main_reproduce
 from ctmri_monai.convert.cli import add_convert_arguments, main_convert
 from ctmri_monai.node.cli import add_jobs_arguments, add_serve_arguments, main_jobs, main_serve
@@ -36,6 +37,19 @@ def _demo(args: argparse.Namespace) -> int:
     from ctmri_monai.apps.demo import run_demo
 
     return run_demo(args.output_dir, minutes=args.minutes, subjects=args.subjects)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ctmri_monai.networks.export import export_generator
+
+    try:
+        contract = export_generator(args.checkpoint, args.direction, args.format, args.output)
+    except (ValueError, OSError) as exc:
+        print(f"ctmri export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {args.direction} generator of {args.checkpoint} ({contract['source_sha256'][:12]}) as "
+          f"{args.format} to {args.output}, with its contract")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert NIfTI / DICOM volumes slice-wise with a trained generator")
     add_convert_arguments(p)
     p.set_defaults(func=main_convert)
+
+    p = sub.add_parser("export", help="write one generator as ONNX or TorchScript with its contract inside")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint .pt written by training")
+    p.add_argument("--direction", required=True, choices=sorted(DIRECTIONS))
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--output", required=True, help="the file to write (.onnx or .ts)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("serve", help="a DICOM node: receive series by C-STORE, convert, send the results on")
     add_serve_arguments(p)

@@ -154,7 +154,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike
     convert_options = opts.convert.replace(device=dev, batch_size=batch_size)
     if checkpoint is not None:  # before anything is written: a bad checkpoint leaves no output folder behind
         service = ConversionService.from_checkpoint(checkpoint, dev, opts.contract_overrides, convert_options,
-                                                    [direction], opts.load_model)
+                                                    [direction], opts.load_model, opts.engine, opts.threads)
     elif generator is not None:
         service = ConversionService({direction: generator}, opts.spec, opts.model_info, convert_options,
                                     opts.contract_overrides)

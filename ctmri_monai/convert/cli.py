@@ -8,6 +8,7 @@ from typing import Any
 
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.batch import run_batch
+from ctmri_monai.engines.runtimes import ENGINES
 from ctmri_monai.spec import FRAME_BY, FRAMINGS
 
 __all__ = ["add_contract_arguments", "add_convert_arguments", "add_disagreement_argument", "contract_overrides",
@@ -20,7 +21,13 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="NIfTI/.mha/.nrrd files, DICOM series folders, folders of those, or .txt lists")
     parser.add_argument("--direction", choices=sorted(DIRECTIONS),
                         help="required for files; with --dicomweb the default is each series' Modality")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint .pt written by training")
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint .pt written by training, or a file from `ctmri export` (.onnx, .ts)")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="what runs the generator: torch (default for checkpoints and .ts), onnxruntime "
+                             "(default for .onnx) or openvino, on the CPU; a checkpoint is exported in memory")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the engine's intra-op threads (default: the cores available to this process)")
     parser.add_argument("--output-dir", help="required for files")
     parser.add_argument("--dicomweb", metavar="URL", default=None,
                         help="a DICOMweb service (or file:///folder): retrieve --study by WADO-RS, store the "
@@ -105,7 +112,9 @@ def main_dicomweb(args: argparse.Namespace) -> int:
                                  mask_background=args.mask_background,
                                  disagreement=getattr(args, "disagreement", True), **(
                                      {"batch_size": args.batch_size} if args.batch_size else {}))
-        service = ConversionService.from_checkpoint(args.checkpoint, args.device, contract_overrides(args), options)
+        service = ConversionService.from_checkpoint(args.checkpoint, args.device, contract_overrides(args), options,
+                                                    engine=getattr(args, "engine", None),
+                                                    threads=getattr(args, "threads", None))
         records = convert_dicomweb(_dicomweb_client(args.dicomweb), service, args.study, args.series,
                                    args.direction)
     except (ValueError, OSError) as exc:
@@ -133,7 +142,8 @@ def main_convert(args: argparse.Namespace) -> int:
             series_uid=args.series_uid, progress=getattr(args, "progress", True),
             qa_threshold=getattr(args, "qa_threshold", 0.90), max_voxels=getattr(args, "max_voxels", None),
             mask_background=getattr(args, "mask_background", True), contract_overrides=contract_overrides(args),
-            disagreement=getattr(args, "disagreement", True))
+            disagreement=getattr(args, "disagreement", True), engine=getattr(args, "engine", None),
+            threads=getattr(args, "threads", None))
     except (ValueError, OSError) as exc:  # checkpoint / argument problems, raised before any input is read
         print(f"ctmri convert: error: {exc}", file=sys.stderr)
         return 2

@@ -2,8 +2,8 @@
 
 `ConvertOptions`: how one volume is converted (slices per call, device, mixed precision, background, QA threshold,
 voxel limit, series choice, slice inferer, whether the disagreement map is made). `BatchOptions`: how a batch
-runs (overwrite, DICOM output, progress, read-ahead, ranks, where the table goes) and which model it uses when none
-is loaded from a checkpoint.
+runs (overwrite, DICOM output, progress, read-ahead, ranks, where the table goes), which model it uses when none
+is loaded from a checkpoint, and the engine (torch, onnxruntime, openvino) and threads that run the generator.
 Keyword arguments of the old flat signatures map onto these fields by name (`split_options`), so a caller may give
 either the objects or the names; an unknown name is a ``TypeError`` as before.
 """
@@ -60,6 +60,8 @@ class BatchOptions:
     model_info: Mapping[str, Any] | None = None
     contract_overrides: Mapping[str, Any] | None = None
     load_model: Callable[..., tuple[Any, dict]] | None = None
+    engine: str | None = None
+    threads: int | None = None
 
 
 _CONVERT = {f.name for f in fields(ConvertOptions)}

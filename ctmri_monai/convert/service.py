@@ -115,10 +115,17 @@ class ConversionService:
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
                         contract_overrides: Mapping[str, Any] | None = None, options: ConvertOptions | None = None,
                         directions: Iterable[str] | None = None,
-                        loader: Callable[..., tuple[Any, dict]] | None = None) -> ConversionService:
+                        loader: Callable[..., tuple[Any, dict]] | None = None, engine: str | None = None,
+                        threads: int | None = None) -> ConversionService:
         """Read ``checkpoint`` once and build its generators (``directions``: default every one it holds) on
-        ``device``; ``loader(path, direction, device) -> (module, info)`` replaces the built-in loading."""
-        dev = resolve_device(device)
+        ``device``; ``loader(path, direction, device) -> (module, info)`` replaces the built-in loading.
+        ``engine`` ("torch", "onnxruntime", "openvino"; `ctmri_monai.engines.runtimes`) with ``threads`` runs
+        every generator (the backward ones too) on that CPU engine; an exported file goes to `from_exported`."""
+        from ctmri_monai.networks.export import exported_format
+
+        if exported_format(checkpoint) is not None:
+            return cls.from_exported(checkpoint, engine, threads, contract_overrides, options, directions)
+        dev = resolve_device("cpu" if engine not in (None, "torch") else device)
         options = (options or ConvertOptions()).replace(device=dev)
         generators: dict[str, Any] = {}
         if loader is not None:
@@ -140,8 +147,35 @@ class ConversionService:
                 if other not in generators and f"generator_{other}" in data:
                     backward[direction] = generator_from(data, other, checkpoint, dev)
         spec = ModelSpec.from_state(data.get("model_spec"))
+        if engine is not None:
+            from ctmri_monai.engines.runtimes import engine_for_module
+
+            generators = {d: engine_for_module(g, spec, engine, threads) for d, g in generators.items()}
+            backward = {d: engine_for_module(g, spec, engine, threads) for d, g in backward.items()}
         info = model_info(checkpoint, wanted[0] if len(wanted) == 1 else "", spec)
+        if engine is not None:
+            info["engine"] = engine
         return cls(generators, spec, info, options, contract_overrides, backward)
+
+    @classmethod
+    def from_exported(cls, path: str | os.PathLike, engine: str | None = None, threads: int | None = None,
+                      contract_overrides: Mapping[str, Any] | None = None, options: ConvertOptions | None = None,
+                      directions: Iterable[str] | None = None) -> ConversionService:
+        """A service on an exported file (`ctmri export`) run by ``engine`` on the CPU: its contract and its
+        direction come from the file alone (`ContractError` for a file without one). One direction, no backward
+        generator: conversions go without the disagreement map (logged)."""
+        from ctmri_monai.engines.runtimes import open_exported
+        from ctmri_monai.utils.hashing import file_sha256
+
+        runner, contract = open_exported(path, engine, threads)
+        direction = contract["direction"]
+        if directions is not None and direction not in set(directions):
+            raise ContractError(path, f"an exported {direction} generator; {', '.join(directions)} was asked for")
+        spec = ModelSpec.from_state(contract["model_spec"])
+        info = {"file": str(path), "sha256": file_sha256(path), "direction": direction, "engine": runner.name,
+                "source_sha256": contract.get("source_sha256"), "source_checkpoint": contract.get("source_checkpoint")}
+        options = (options or ConvertOptions()).replace(device=torch.device("cpu"))
+        return cls({direction: runner}, spec, info, options, contract_overrides)
 
     @property
     def directions(self) -> list[str]:
