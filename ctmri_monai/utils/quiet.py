@@ -4,7 +4,8 @@
   reader is built, and pydicom's own decoders are used (the project reads DICOM through SimpleITK anyway).
 * MONAI's bundle runner warns that configs are evaluated as Python for every config it parses; the project runs
   its own bundle in-process here (the README's Safety section says to run only trusted configs).
-* ``torch.jit`` deprecation warnings from the TorchScript FID network and MONAI's scripted helpers.
+* ``torch.jit`` deprecation warnings from the TorchScript FID network, MONAI's scripted helpers and the
+  TorchScript export (`ctmri export --format torchscript`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ __all__ = ["quiet_known_warnings"]
 _MESSAGES = (
     r"NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register",
     r"parsing config_file .* Only proceed if this config is from a source you trust",
-    r"`torch\.jit\.(script|interface|trace)` is deprecated",
+    r"`torch\.jit\.(script|interface|trace|save|load)` is deprecated",
 )
 
 
