@@ -12,12 +12,19 @@ Four figures on the same slices, in one run:
   forward      the generator alone on the preprocessed slices already on the device, same batch size and AMP;
   baseline     the generator alone, one slice at a time in fp32 (the reference implementation's way).
 The generator has random weights unless --checkpoint is given (speed does not depend on the weights).
+
+    python scripts/bench_convert.py --engines   # torch eager vs ONNX Runtime vs OpenVINO on the CPU
+
+--engines: one process, interleaved rounds (every engine once per round, in turn), for 1 and 2 threads and batch 1
+and 4: end_to_end (convert_volume with the engine as the generator, map off) and forward (the engine alone on the
+preprocessed slices), slices/s per engine and its ratio to torch eager in the same setting; fp32 throughout.
 FLOPs per slice: torch.utils.flop_counter of one forward. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -114,13 +121,79 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's choice)")
     p.add_argument("--output", default="bench_convert.json", help="JSON output file")
+    p.add_argument("--engines", action="store_true", help="compare torch, onnxruntime and openvino on the CPU")
+    p.add_argument("--rounds", type=int, default=2, help="--engines: interleaved rounds")
     return p.parse_args(argv)
+
+
+def time_engine_forward(engine: Any, slices: torch.Tensor, batch_size: int) -> float:
+    """Seconds for one pass of ``engine`` over ``slices`` in batches."""
+    t0 = time.perf_counter()
+    for i in range(0, len(slices), batch_size):
+        engine(slices[i:i + batch_size])
+    return time.perf_counter() - t0
+
+
+def main_engines(args: argparse.Namespace) -> int:
+    """The --engines mode (module docstring)."""
+    from ctmri_monai.convert.pipeline import convert_volume
+    from ctmri_monai.engines.runtimes import ENGINES, engine_for_module
+
+    device = torch.device("cpu")
+    spec = dict(QUICK if args.quick else FULL)
+    size, depth = spec["image_size"], args.slices or (4 if args.quick else 8)
+    net, model = build_generator(args, spec, device)
+    machine = machine_info(device)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        volume = write_phantom_ct(Path(tmp), size, depth)
+        slices = preprocessed_slices(volume, size, device)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            engines = {name: engine_for_module(net, contract(size), name, threads) for name in ENGINES}
+            for batch in (1, 4):
+                seconds = {(name, kind): 0.0 for name in ENGINES for kind in ("end_to_end", "forward")}
+                for engine in engines.values():  # untimed warm-up: first calls, compilation, allocator
+                    engine(slices[:batch])
+                for r in range(args.rounds):
+                    for name, engine in engines.items():
+                        t0 = time.perf_counter()
+                        convert_volume(volume, Path(tmp) / f"out{r}.nii.gz", engine, contract(size), "ct", "mri",
+                                       batch_size=batch, device=device, amp=False, disagreement=False)
+                        seconds[(name, "end_to_end")] += time.perf_counter() - t0
+                        seconds[(name, "forward")] += time_engine_forward(engine, slices, batch)
+                for (name, kind), s in seconds.items():
+                    rows.append({"engine": name, "variant": kind, "threads": threads, "batch_size": batch,
+                                 "seconds": s, "slices_per_s": depth * args.rounds / s})
+    for row in rows:
+        torch_row = next(r for r in rows if r["engine"] == "torch" and all(
+            r[k] == row[k] for k in ("variant", "threads", "batch_size")))
+        row["ratio_vs_torch"] = row["slices_per_s"] / torch_row["slices_per_s"]
+    best = max((r for r in rows if r["variant"] == "end_to_end" and r["engine"] != "torch"),
+               key=lambda r: r["ratio_vs_torch"])
+    report = {"benchmark": "convert_engines", "quick": args.quick, "machine": machine,
+              "settings": {"model": model, "image_size": size, "slices": depth, "rounds": args.rounds,
+                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+              "results": rows, "best_end_to_end": best,
+              "notes": ["fp32 everywhere; the engines run the same weights (ONNX exported in memory)",
+                        "slices/s over all rounds; each round runs every engine once, in turn"]}
+    path = write_json(report, args.output)
+    print(f"{machine['cpu']} ({machine['cpu_count']} cores), torch {machine['torch']}, {machine['date']}, load "
+          f"{machine['load_average_1_5_15']}; {model}; {depth} slices of {size} x {size}, {args.rounds} rounds")
+    print(format_table(rows, [("engine", "engine"), ("variant", "variant"), ("threads", "threads"),
+                              ("batch_size", "batch"), ("slices_per_s", "slices/s"),
+                              ("ratio_vs_torch", "x torch")]))
+    print(f"best end to end: {best['engine']} at {best['threads']} threads, batch {best['batch_size']}: "
+          f"{best['ratio_vs_torch']:.2f}x torch eager; written: {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from ctmri_monai.convert.pipeline import convert_volume
 
     args = parse_args(argv)
+    if args.engines:
+        return main_engines(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

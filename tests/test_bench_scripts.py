@@ -103,3 +103,26 @@ def test_bench_trust_quick(tmp_path: Path) -> None:
         assert {(r["subject"], r["direction"]) for r in rows} == {(s, d) for s in ("subj004", "subj005")
                                                                   for d in ("ct2mri", "mri2ct")}
         assert all(0.0 <= r["auroc"]["map"] <= 1.0 and r["lesion_voxels"] > 0 for r in rows)
+
+
+def test_bench_convert_engines_quick(tmp_path: Path) -> None:
+    """--engines: every engine, thread count and batch size measured in both variants; ratios against torch."""
+    from test_export_engines import require_engine
+
+    require_engine("onnxruntime")
+    require_engine("openvino")
+    out = tmp_path / "engines.json"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_convert.py"), "--engines", "--quick",
+                             "--rounds", "1", "--output", str(out)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    keys = {(r["engine"], r["variant"], r["threads"], r["batch_size"]) for r in data["results"]}
+    assert keys == {(e, v, t, b) for e in ("torch", "onnxruntime", "openvino") for v in ("end_to_end", "forward")
+                    for t in (1, 2) for b in (1, 4)}
+    assert all(r["slices_per_s"] > 0 for r in data["results"])
+    for row in data["results"]:
+        if row["engine"] == "torch":
+            assert row["ratio_vs_torch"] == 1.0
+    assert data["best_end_to_end"]["engine"] != "torch" and "best end to end" in result.stdout

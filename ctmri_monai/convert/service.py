@@ -125,6 +125,7 @@ class ConversionService:
 
         if exported_format(checkpoint) is not None:
             return cls.from_exported(checkpoint, engine, threads, contract_overrides, options, directions)
+        engine = engine or ("torch" if threads else None)  # --threads alone: torch eager with that many threads
         dev = resolve_device("cpu" if engine not in (None, "torch") else device)
         options = (options or ConvertOptions()).replace(device=dev)
         generators: dict[str, Any] = {}
