@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -153,3 +154,12 @@ def test_checkpoint_on_engine_keeps_the_map(setup: dict) -> None:
     assert (out / "vol_ct2mri_disagreement.nii.gz").exists()
     assert np.abs(_read(out / "vol_ct2mri.nii.gz") - setup["reference"]).max() <= setup["tolerance"]
     assert load_checkpoint(setup["ckpt"])  # the checkpoint itself is untouched by the in-memory export
+
+
+def test_missing_engine_named(setup: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """An engine whose package is not installed: exit status 2 and the extra that installs it, nothing written."""
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    out = setup["tmp"] / "no_engine"
+    rc = ctmri(["convert", str(setup["volume"]), "--checkpoint", str(setup["ckpt"]), "--engine", "openvino",
+                "--direction", "ct2mri", "--output-dir", str(out), "--no-progress"])
+    assert rc == 2 and "ctmri-monai[openvino]" in capsys.readouterr().err and not out.exists()

@@ -117,7 +117,7 @@ def main_dicomweb(args: argparse.Namespace) -> int:
                                                     threads=getattr(args, "threads", None))
         records = convert_dicomweb(_dicomweb_client(args.dicomweb), service, args.study, args.series,
                                    args.direction)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:  # ImportError: an engine not installed
         print(f"ctmri convert: error: {exc}", file=sys.stderr)
         return 2
     for record in records:
@@ -144,6 +144,6 @@ def main_convert(args: argparse.Namespace) -> int:
             mask_background=getattr(args, "mask_background", True), contract_overrides=contract_overrides(args),
             disagreement=getattr(args, "disagreement", True), engine=getattr(args, "engine", None),
             threads=getattr(args, "threads", None))
-    except (ValueError, OSError) as exc:  # checkpoint / argument problems, raised before any input is read
+    except (ValueError, OSError, ImportError) as exc:  # engine, checkpoint, arguments: before any input
         print(f"ctmri convert: error: {exc}", file=sys.stderr)
         return 2

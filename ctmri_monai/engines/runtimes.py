@@ -8,6 +8,7 @@ any of them as "the generator". ``threads``: intra-op threads of the engine (def
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -39,6 +40,14 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _package(engine: str) -> Any:
+    """The engine's package (same name as the engine), or `EngineUnavailable` with the extra that installs it."""
+    try:
+        return importlib.import_module(engine)
+    except ImportError as exc:
+        raise EngineUnavailable(f"the {engine} engine is not installed: {INSTALL[engine]}") from exc
+
+
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().as_subclass(torch.Tensor).to("cpu", torch.float32).numpy()
@@ -67,10 +76,7 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise EngineUnavailable(f"the onnxruntime engine needs ONNX Runtime: {INSTALL['onnxruntime']}") from exc
+        ort = _package("onnxruntime")
         self.threads = threads or available_cores()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
@@ -88,10 +94,7 @@ class OpenVinoEngine:
     name = "openvino"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise EngineUnavailable(f"the openvino engine needs OpenVINO: {INSTALL['openvino']}") from exc
+        ov = _package("openvino")
         self.threads = threads or available_cores()
         self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                                    "INFERENCE_NUM_THREADS": self.threads})
