@@ -163,3 +163,26 @@ def test_missing_engine_named(setup: dict, monkeypatch: pytest.MonkeyPatch, caps
     rc = ctmri(["convert", str(setup["volume"]), "--checkpoint", str(setup["ckpt"]), "--engine", "openvino",
                 "--direction", "ct2mri", "--output-dir", str(out), "--no-progress"])
     assert rc == 2 and "ctmri-monai[openvino]" in capsys.readouterr().err and not out.exists()
+
+
+def test_exported_file_on_the_series_road(setup: dict) -> None:
+    """`ConversionService.from_checkpoint` (what ``ctmri serve`` calls) takes an exported file: a DICOM CT series
+    converts in memory into a derived series whose pixels come from the exported generator; an MR series, whose
+    direction the file lacks, is refused by name."""
+    from test_convert import write_ct_series
+
+    require_engine("onnxruntime")
+    exported = setup["tmp"] / "series.onnx"
+    assert ctmri(["export", str(setup["ckpt"]), "--direction", "ct2mri", "--format", "onnx", "--output",
+                  str(exported)]) == 0
+    folder = setup["tmp"] / "ct_series"
+    write_ct_series(folder, head_hu((32, 28, 4), seed=3), spacing=(6.0, 6.0, 8.0))
+    service = ConversionService.from_checkpoint(exported, "cpu", options=ConvertOptions(batch_size=4))
+    assert service.info["engine"] == "onnxruntime" and not service.writes_map("ct2mri")
+    result = service.convert_series(folder)
+    assert len(list(result.derived.datasets())) == 4 and result.converted.report["direction"] == "ct2mri"
+    reference = ConversionService.from_checkpoint(setup["ckpt"], "cpu", options=ConvertOptions(
+        batch_size=4, disagreement=False)).convert_series(folder)
+    assert np.abs(result.converted.array.astype(np.float64) - reference.converted.array).max() <= setup["tolerance"]
+    with pytest.raises(ContractError, match="mri2ct"):
+        service.model("mri2ct")

@@ -250,7 +250,8 @@ def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike
 
     summary = {
         "direction": direction,
-        "model": {"file": info.get("file"), "sha256": info.get("sha256")},
+        "model": {"file": info.get("file"), "sha256": info.get("sha256"),
+                  **{k: info[k] for k in ("engine", "source_sha256") if info.get(k)}},  # engines, exports only
         "device": str(dev),
         "rank": rank,
         "world_size": world_size,

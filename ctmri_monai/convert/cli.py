@@ -11,8 +11,10 @@ from ctmri_monai.convert.batch import run_batch
 from ctmri_monai.engines.runtimes import ENGINES
 from ctmri_monai.spec import FRAME_BY, FRAMINGS
 
-__all__ = ["add_contract_arguments", "add_convert_arguments", "add_disagreement_argument", "contract_overrides",
-           "main_convert"]
+CHECKPOINT_HELP = "checkpoint .pt written by training, or a file from `ctmri export` (.onnx, .ts)"
+
+__all__ = ["CHECKPOINT_HELP", "add_contract_arguments", "add_convert_arguments", "add_disagreement_argument",
+           "add_engine_arguments", "contract_overrides", "main_convert"]
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -21,13 +23,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="NIfTI/.mha/.nrrd files, DICOM series folders, folders of those, or .txt lists")
     parser.add_argument("--direction", choices=sorted(DIRECTIONS),
                         help="required for files; with --dicomweb the default is each series' Modality")
-    parser.add_argument("--checkpoint", required=True,
-                        help="checkpoint .pt written by training, or a file from `ctmri export` (.onnx, .ts)")
-    parser.add_argument("--engine", choices=ENGINES, default=None,
-                        help="what runs the generator: torch (default for checkpoints and .ts), onnxruntime "
-                             "(default for .onnx) or openvino, on the CPU; a checkpoint is exported in memory")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="the engine's intra-op threads (default: the cores available to this process)")
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--output-dir", help="required for files")
     parser.add_argument("--dicomweb", metavar="URL", default=None,
                         help="a DICOMweb service (or file:///folder): retrieve --study by WADO-RS, store the "
@@ -51,8 +47,19 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--no-mask-background", dest="mask_background", action="store_false",
                         help="keep what the generator writes outside the input's head mask (default: air there)")
+    add_engine_arguments(parser)
     add_disagreement_argument(parser)
     return add_contract_arguments(parser)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--engine`` and ``--threads`` of every command that converts (README, "On a CPU-only server")."""
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="what runs the generator: torch (default for checkpoints and .ts), onnxruntime "
+                             "(default for .onnx) or openvino, on the CPU; a checkpoint is exported in memory")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the engine's intra-op threads (default: the cores available to this process)")
+    return parser
 
 
 def add_disagreement_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

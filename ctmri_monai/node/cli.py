@@ -12,14 +12,20 @@ import threading
 from typing import Any
 
 from ctmri_monai import DIRECTIONS
-from ctmri_monai.convert.cli import add_contract_arguments, add_disagreement_argument, contract_overrides
+from ctmri_monai.convert.cli import (
+    CHECKPOINT_HELP,
+    add_contract_arguments,
+    add_disagreement_argument,
+    add_engine_arguments,
+    contract_overrides,
+)
 
 __all__ = ["add_jobs_arguments", "add_serve_arguments", "format_jobs", "main_jobs", "main_serve"]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``ctmri serve``."""
-    parser.add_argument("--checkpoint", required=True, help="checkpoint .pt written by training")
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--spool", required=True, help="folder for received instances, results and the journal")
     parser.add_argument("--aet", default="CTMRI", help="the node's AE title (default CTMRI)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -40,6 +46,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-retry-seconds", type=float, default=300.0)
     parser.add_argument("--senders", type=int, default=4,
                         help="derived series delivered side by side (default 4; a PACS stores them in parallel)")
+    add_engine_arguments(parser)
     add_disagreement_argument(parser)
     return add_contract_arguments(parser)
 
@@ -81,8 +88,9 @@ def main_serve(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         options = ConvertOptions(batch_size=args.batch_size or default_batch_size(device), device=device,
                                  disagreement=args.disagreement)
-        service = ConversionService.from_checkpoint(args.checkpoint, device, contract_overrides(args), options)
-    except (ValueError, OSError) as exc:
+        service = ConversionService.from_checkpoint(args.checkpoint, device, contract_overrides(args), options,
+                                                    engine=args.engine, threads=args.threads)
+    except (ValueError, OSError, ImportError) as exc:  # ImportError: an engine not installed
         print(f"ctmri serve: error: {exc}", file=sys.stderr)
         return 2
     config = NodeConfig(aet=args.aet, host=args.host, port=args.port, allow_aet=tuple(args.allow_aet),
