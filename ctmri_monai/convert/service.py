@@ -7,7 +7,9 @@ datasets (`convert_series`), or a file into NIfTI / DICOM outputs (`convert_file
 ``ctmri convert``'s road). The DICOM node and DICOMweb conversion go through it too. With the disagreement map on
 (``ConvertOptions.disagreement``, the default), the service also holds each direction's backward generator (the
 checkpoint's other one, read from the same checkpoint data), which the map's cycle signal needs; a model given
-without one converts without the map (logged).
+without one converts without the map (logged). The generators may run on a CPU engine
+(`ctmri_monai.engines.runtimes`: torch, ONNX Runtime, OpenVINO); `from_exported` builds the service from a file
+of `ctmri export`, whose contract comes from the file alone.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ INPUT_NAME, OUTPUT_NAME = "slices", "synthetic"
 
 
 def exported_format(path: str | os.PathLike) -> str | None:
-    """"onnx" / "torchscript" for an exported file (by suffix; ``.pt2``/``.jit`` count as TorchScript), else None."""
+    """"onnx" / "torchscript" for an exported file (by suffix: ``.onnx``; ``.ts`` or ``.jit``), else None."""
     suffix = Path(path).suffix.lower()
     return {".onnx": "onnx", ".ts": "torchscript", ".jit": "torchscript"}.get(suffix)
 
