@@ -115,6 +115,8 @@ def test_export_carries_contract(setup: dict, fmt: str) -> None:
     assert contract["software"].startswith("ctmri-monai ")
     service = ConversionService.from_exported(out)  # the contract from the file alone
     assert service.spec == setup["spec"] and service.directions == ["ct2mri"]
+    with pytest.raises(ContractError, match="an exported ct2mri generator; mri2ct was asked for"):
+        ConversionService.from_exported(out, directions=["mri2ct"])
 
 
 def test_contractless_export_refused(setup: dict, capsys: pytest.CaptureFixture) -> None:
