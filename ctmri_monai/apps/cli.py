@@ -78,14 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle override, e.g. --set ngf=16 --set image_size=128 (repeatable)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("reproduce", help="train ResNet-9 and U-Net with one time budget each; the paper's FID table")
-    add_reproduce_arguments(p)
-    p.set_defaults(func=main_reproduce)
-
-    p = sub.add_parser("convert", help="convert NIfTI / DICOM volumes slice-wise with a trained generator")
-    add_convert_arguments(p)
-    p.set_defaults(func=main_convert)
-
     p = sub.add_parser("export", help="write one generator as ONNX or TorchScript with its contract inside")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint .pt written by training")
     p.add_argument("--direction", required=True, choices=sorted(DIRECTIONS))
@@ -93,13 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the file to write (.onnx or .ts)")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("serve", help="a DICOM node: receive series by C-STORE, convert, send the results on")
-    add_serve_arguments(p)
-    p.set_defaults(func=main_serve)
-
-    p = sub.add_parser("jobs", help="the journal of a node's spool folder")
-    add_jobs_arguments(p)
-    p.set_defaults(func=main_jobs)
+    # commands whose arguments live beside their entry point: (name, help, add its arguments, run it)
+    for name, text, add_arguments, run in (
+        ("reproduce", "train ResNet-9 and U-Net with one time budget each; the paper's FID table",
+         add_reproduce_arguments, main_reproduce),
+        ("convert", "convert NIfTI / DICOM volumes slice-wise with a trained generator", add_convert_arguments,
+         main_convert),
+        ("serve", "a DICOM node: receive series by C-STORE, convert, send the results on", add_serve_arguments,
+         main_serve),
+        ("jobs", "the journal of a node's spool folder", add_jobs_arguments, main_jobs),
+    ):
+        p = sub.add_parser(name, help=text)
+        add_arguments(p)
+        p.set_defaults(func=run)
     return parser
 
 
