@@ -51,6 +51,7 @@ from scipy.ndimage import gaussian_filter
 from ctmri_monai.engines.slices import infer_slices
 from ctmri_monai.losses import mind_descriptor
 from ctmri_monai.spec import ModelSpec
+from ctmri_monai.transforms.mask import input_head_mask
 from ctmri_monai.transforms.pipelines import volume_pipeline
 
 __all__ = ["COMBINED", "FLOOR", "QUANTILE", "SMOOTH_PX", "Disagreement", "combine_signals",
@@ -196,9 +197,10 @@ def disagreement_map(source: Any, output: Any, forward: Generator | None, backwa
 def on_input_grid(frames: np.ndarray, image: MetaTensor, spec: ModelSpec, source: str) -> np.ndarray:
     """A (S, S, D) map on the frames of ``image`` (the loaded (1, X, Y, Z) input of ``source``) brought back to the
     input's exact grid by MONAI's inverse of the contract's framing and orientation (`volume_pipeline`), as
-    `translate_volume` brings back its output: float32 (X, Y, Z) (resampling interpolates, never overshoots)."""
-    pipeline = volume_pipeline(spec, source)
-    x = pipeline({"image": image})["image"]
+    `translate_volume` brings back its output: float32 (X, Y, Z) (resampling interpolates, never overshoots). The
+    frames are rebuilt as `translate_volume` built them, with the input's head mask, which "fit" models frame by."""
+    pipeline = volume_pipeline(spec, source, head_key="head")
+    x = pipeline({"image": image, "head": input_head_mask(image, source)})["image"]
     if tuple(x.shape[1:]) != tuple(frames.shape):
         raise ValueError(f"frames {tuple(frames.shape)} are not this input's frames {tuple(x.shape[1:])}")
     pred = MetaTensor(torch.from_numpy(np.ascontiguousarray(frames, np.float32))[None], meta=dict(x.meta),
