@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from conftest import write_tiny_checkpoint
 from dicom_net import phantom_series, text_report
 
 from ctmri_monai.apps.cli import main as ctmri
-
-pytest.importorskip("dicomweb_client")
 
 
 def test_dicomweb_round_trip_with_the_file_client(tmp_path: Path, capsys) -> None:

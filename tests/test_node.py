@@ -20,8 +20,6 @@ from ctmri_monai.node import Destination, Node, NodeConfig, Spool
 from ctmri_monai.node.cli import format_jobs
 from ctmri_monai.node.journal import Journal
 
-pytest.importorskip("pynetdicom")
-
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> ConversionService:

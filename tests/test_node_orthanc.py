@@ -30,8 +30,6 @@ from dicom_net import (
     wait_for,
 )
 
-pytest.importorskip("pynetdicom")
-
 ROUTE = """function OnStableSeries(seriesId, tags, metadata)
   RestApiPost('/modalities/ctmri/store', seriesId)
 end

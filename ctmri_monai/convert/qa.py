@@ -38,15 +38,13 @@ __all__ = ["MontageLayout", "consistency_report", "gap_cell", "gap_line", "pick_
 
 
 def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, threshold: float = 0.90,
-                       min_area_fraction: float = 0.005, slice_index: Sequence[int] | None = None,
-                       source_mask: np.ndarray | None = None) -> dict[str, Any]:
+                       min_area_fraction: float = 0.005, slice_index: Sequence[int] | None = None) -> dict[str, Any]:
     """Findings over the axial slices ``[:, :, k]`` of two (H, W, D) arrays in [-1, 1] (module docstring).
 
     ``slice_index[k]`` is the number reported for slice k (e.g. its index in the input file). Returns: dice (per
     slice holding a head), dice_min, dice_mean, slices_evaluated, slices_below (anatomy changed),
     slices_tissue_in_air (no head in the input, tissue in the output), invented_fraction, threshold, flagged,
-    through_plane, roughness, structure (module docstring; None where undefined). ``source_mask``: the input's
-    head mask when the caller has it already (`image_head_mask` of ``source_unit``).
+    through_plane, roughness, structure (module docstring; None where undefined).
     """
     src, out = np.asarray(source_unit), np.asarray(output_unit)
     if src.shape != out.shape or src.ndim != 3:
@@ -55,7 +53,7 @@ def consistency_report(source_unit: np.ndarray, output_unit: np.ndarray, thresho
     names = list(range(src.shape[2])) if slice_index is None else [int(i) for i in slice_index]
     # One mask function on both frames (`image_head_mask`: a brain-window image shows fat as air and its skin as a
     # broken ring), so that an output that keeps the input's anatomy scores 1.
-    src_mask = with_min_area(image_head_mask(src) if source_mask is None else source_mask, min_area)
+    src_mask = with_min_area(image_head_mask(src), min_area)
     out_mask = with_min_area(image_head_mask(out), min_area)
     per_slice: dict[int, float] = {}
     in_air: list[int] = []

@@ -90,7 +90,6 @@ class SeriesConversion:
 
     converted: Converted
     derived: DerivedSeries
-    source_uid: str
 
 
 class ConversionService:
@@ -214,10 +213,9 @@ class ConversionService:
             raise InputError(folder, "not a DICOM series folder")
         direction = direction or direction_for_modality(volume.series.modality, self.directions, str(folder))
         source, target = DIRECTIONS[direction]
-        source_uid = volume.series.uid
         converted = self.convert(volume, direction)
         derived = derive_series(converted.array, converted.volume.series, source, target, self.info)
-        return SeriesConversion(converted, derived, source_uid)
+        return SeriesConversion(converted, derived)
 
     def convert_file(self, path: str | os.PathLike, output: str | os.PathLike, direction: str,
                      **outputs: Any) -> dict[str, Any]:

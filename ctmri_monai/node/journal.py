@@ -153,7 +153,3 @@ class Journal:
         for row in rows:
             row["disagreement"] = json.loads(row["disagreement"]) if row.get("disagreement") else None
         return rows
-
-    def count(self, status: str) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM series WHERE status = ?", (status,)).fetchone()[0])
