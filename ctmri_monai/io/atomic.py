@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_directory", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "remove_stale_temporaries", "temp_path_for"]
+           "remove_stale_temporaries", "temp_path_for", "temporaries_for"]
 
 logger = logging.getLogger(__name__)
 _MARK = ".partial-"
@@ -39,6 +39,13 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     path = Path(path)
     stem, suffix = _split_suffix(path.name)
     return path.with_name(f".{stem}{_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def temporaries_for(path: str | os.PathLike) -> list[Path]:
+    """The temporary files and folders of `temp_path_for` beside ``path`` that exist now (any writer's)."""
+    path = Path(path)
+    stem, suffix = _split_suffix(path.name)
+    return sorted(path.parent.glob(f".{stem}{_MARK}*{suffix}"))
 
 
 def _fsync_dir(folder: Path) -> None:
