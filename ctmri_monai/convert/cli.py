@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from typing import Any
 
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.batch import run_batch
+from ctmri_monai.convert.cluster.args import add_cluster_arguments, cluster_spec
 from ctmri_monai.engines.runtimes import ENGINES
 from ctmri_monai.spec import FRAME_BY, FRAMINGS
 
@@ -49,6 +51,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="keep what the generator writes outside the input's head mask (default: air there)")
     add_engine_arguments(parser)
     add_disagreement_argument(parser)
+    add_cluster_arguments(parser)
     return add_contract_arguments(parser)
 
 
@@ -142,7 +145,13 @@ def main_convert(args: argparse.Namespace) -> int:
         print(f"ctmri convert: error: converting files needs {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        return run_batch(
+        cluster = cluster_spec(args)  # None: this process, and no Dask import
+        convert: Any = run_batch
+        if cluster is not None:
+            from ctmri_monai.convert.cluster.run import run_cluster_batch
+
+            convert = partial(run_cluster_batch, cluster=cluster)
+        return convert(
             args.inputs, args.output_dir, args.direction, checkpoint=args.checkpoint,
             batch_size=args.batch_size, device=args.device, amp=args.amp, overwrite=args.overwrite,
             dicom=args.dicom,
