@@ -29,7 +29,8 @@ class ClusterSpec:
         given = [name for name, value in (("--scheduler", self.scheduler), ("--workers", self.workers),
                                           ("--cluster", self.cluster)) if value]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of --scheduler, --workers and --cluster (got {', '.join(given) or 'none'})")
+            got = ", ".join(given) or "none"
+            raise ValueError(f"give exactly one of --scheduler, --workers and --cluster (got {got})")
         if self.cluster is not None and self.cluster not in JOBQUEUE_CLUSTERS:
             raise ValueError(f"--cluster {self.cluster!r}: expected one of {', '.join(JOBQUEUE_CLUSTERS)}")
         for name, value in (("--workers", self.workers), ("--worker-threads", self.threads_per_worker),

@@ -3,6 +3,7 @@ and the task that converts one input file with the same `convert_one` as a singl
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Mapping
@@ -66,6 +67,8 @@ def worker_service(ref: ModelRef, worker_name: Any = None) -> ConversionService:
     key = ref.cache_key()
     with _LOCK:
         if key not in _SERVICES:
+            if ref.threads is None:  # Dask's nanny sets OMP_NUM_THREADS; a forkserver child imported torch before
+                torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or 1)))
             dev = resolve_device(worker_device(ref.options.device, worker_name, torch.cuda.device_count()))
             batch_size = default_batch_size(dev) if ref.batch_size is None else int(ref.batch_size)
             options = ref.options.replace(device=dev, batch_size=batch_size)

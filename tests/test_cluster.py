@@ -1,0 +1,227 @@
+"""Batch conversion on a Dask cluster (``ctmri convert --workers / --scheduler``), with real Dask processes: the
+same outputs as one process, a killed worker costs only time, a bad file fails alone, an unreachable scheduler is a
+named error, a worker's model must be the client's, and a rerun after a killed client converts only what is
+missing. Every wait is bounded; nothing sleeps to synchronise."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import distributed  # the dask extra: a test dependency, imported, never skipped
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import REPO, write_tiny_checkpoint
+
+from ctmri_monai.apps.cli import main
+from ctmri_monai.convert.cluster.args import ClusterSpec
+from ctmri_monai.convert.cluster.connect import open_cluster
+from ctmri_monai.convert.cluster.run import run_cluster_batch
+from ctmri_monai.convert.cluster.worker import ModelMismatchError, ModelRef, convert_task
+from ctmri_monai.utils.distributed import free_port
+from ctmri_monai.utils.hashing import file_sha256
+
+VOLUMES = 6
+ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+
+def _until(condition: Callable[[], object], seconds: float, what: str) -> object:
+    """Poll ``condition`` until it is truthy; fail naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny checkpoint, six phantom CT volumes and their single-process conversion (a child process that
+    must not import Dask)."""
+    from ctmri_monai.phantoms.render import make_subject
+
+    root = tmp_path_factory.mktemp("cluster")
+    inputs = root / "in"
+    inputs.mkdir()
+    for i in range(VOLUMES):
+        s = make_subject(i, seed=0, shape=(32, 32, 8), spacing=(6.0, 6.0, 8.0))
+        nib.save(nib.Nifti1Image(s.ct.astype(np.int16), s.affine), inputs / f"ct{i}.nii.gz")
+    ckpt = write_tiny_checkpoint(root / "tiny.pt")
+    single = root / "single"
+    code = ("import sys; from ctmri_monai.apps.cli import main; rc = main(sys.argv[1:]); "
+            "assert not {'dask', 'distributed'} & set(sys.modules), 'Dask imported'; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, *_convert_args(inputs, ckpt, single)], env=ENV,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"inputs": inputs, "ckpt": ckpt, "single": single, "root": root}
+
+
+def _convert_args(inputs: Path | list[Path], ckpt: Path, out: Path, *extra: str) -> list[str]:
+    paths = [str(p) for p in (inputs if isinstance(inputs, list) else [inputs])]
+    return ["convert", *paths, "--direction", "ct2mri", "--checkpoint", str(ckpt), "--output-dir", str(out),
+            "--device", "cpu", "--no-progress", *extra]
+
+
+def _pixels(path: Path) -> bytes:
+    return np.asanyarray(nib.load(path).dataobj).tobytes()
+
+
+def _assert_same_outputs(out: Path, single: Path) -> None:
+    """Every NIfTI of the single-process run exists once in ``out`` with the same pixel bytes; no temporary."""
+    names = sorted(p.name for p in single.glob("*.nii.gz"))
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == names and len(names) == 2 * VOLUMES  # + maps
+    for name in names:
+        assert _pixels(out / name) == _pixels(single / name), name
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name]
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_two_local_workers_match_one_process(batch: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    out = batch["root"] / "two"
+    assert main(_convert_args(batch["inputs"], batch["ckpt"], out, "--workers", "2")) == 0
+    assert "dask: tcp://127.0.0.1:" in capsys.readouterr().err
+    _assert_same_outputs(out, batch["single"])
+    assert sorted(p.name for p in out.glob("summary*.json")) == ["summary.json"]
+    cluster, single = _summary(out), _summary(batch["single"])
+    assert all(r["worker"].startswith("tcp://127.0.0.1:") for r in cluster["files"])
+    assert len({r["worker"] for r in cluster["files"]}) == 2  # both workers converted
+    def same(summary: dict, folder: Path) -> list[dict]:  # timings and the worker aside, output folder as OUT
+        records = json.loads(json.dumps(summary["files"]).replace(str(folder), "OUT"))
+        for r in records:
+            r.pop("seconds"), r.pop("worker", None), r["disagreement"].pop("seconds")
+        return records
+
+    assert same(cluster, out) == same(single, batch["single"])
+    assert {k: v for k, v in cluster.items() if k not in ("files", "created")} == \
+        {k: v for k, v in single.items() if k not in ("files", "created")}
+
+
+def test_a_worker_killed_mid_volume_costs_only_time(batch: dict[str, Path]) -> None:
+    out, killed = batch["root"] / "killed", {}
+
+    def kill_a_busy_worker(record: dict) -> None:
+        if killed:
+            return
+        client = distributed.default_client()
+        busy = _until(lambda: {a: k for a, k in client.call_stack().items() if k}, 60, "a worker converting")
+        address = next(iter(busy))
+        pid = client.run(os.getpid, workers=[address])[address]
+        killed.update(address=address, keys=set(busy[address]))
+        os.kill(pid, signal.SIGKILL)
+
+    status = run_cluster_batch([batch["inputs"]], out, "ct2mri", batch["ckpt"], ClusterSpec(workers=2),
+                               device="cpu", progress=False, on_record=kill_a_busy_worker)
+    assert status == 0 and killed
+    _assert_same_outputs(out, batch["single"])
+    records = _summary(out)["files"]
+    assert all(r["status"] in ("ok", "flagged") for r in records)
+    victim = [r for r in records if any(Path(r["output"]).name in k for k in killed["keys"])]
+    assert len(victim) == 1 and victim[0]["worker"] != killed["address"]  # converted again, elsewhere
+
+
+def test_a_corrupt_file_fails_alone_and_is_not_retried(batch: dict[str, Path]) -> None:
+    out = batch["root"] / "corrupt"
+    bad = batch["root"] / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really a gzip'd NIfTI")
+    good = sorted(batch["inputs"].glob("*.nii.gz"))[:3]
+    attempts: dict[str, int] = {}
+
+    def count_attempts(record: dict) -> None:
+        if record["status"] == "failed":
+            name = Path(record["output"]).name
+            attempts[name] = distributed.default_client().run_on_scheduler(
+                lambda dask_scheduler: sum(name in str(t[0]) and t[2] == "processing"
+                                           for t in dask_scheduler.transition_log))
+
+    status = run_cluster_batch([*good[:2], bad, good[2]], out, "ct2mri", batch["ckpt"], ClusterSpec(workers=2),
+                               device="cpu", progress=False, on_record=count_attempts)
+    assert status == 1
+    records = _summary(out)["files"]
+    assert [r["status"] for r in records].count("failed") == 1 and records[2]["status"] == "failed"
+    assert records[2]["error"].startswith(str(bad)) and records[2]["worker"].startswith("tcp://")
+    assert attempts == {"bad_ct2mri.nii.gz": 1}  # one task, one run: a file's error is its record
+    for record in records[:2] + records[3:]:
+        name = Path(record["output"]).name
+        assert _pixels(out / name) == _pixels(batch["single"] / name)
+
+
+def test_an_unreachable_scheduler_is_a_named_error(batch: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    t0 = time.monotonic()
+    status = main(_convert_args(batch["inputs"], batch["ckpt"], batch["root"] / "nowhere", "--scheduler",
+                                address))
+    assert status == 2 and time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert address in err and "cannot reach the Dask scheduler" in err
+    assert not (batch["root"] / "nowhere").exists() or not list((batch["root"] / "nowhere").glob("*.nii.gz"))
+
+
+def test_a_worker_refuses_a_checkpoint_that_is_not_the_clients(batch: dict[str, Path], tmp_path: Path) -> None:
+    from ctmri_monai.convert.batch import FileJob
+    from ctmri_monai.convert.options import ConvertOptions
+
+    ckpt = write_tiny_checkpoint(tmp_path / "model.pt")
+    other = write_tiny_checkpoint(tmp_path / "other.pt", pixdim=(5.0, 5.0))  # same architecture, other bytes
+    assert file_sha256(other) != file_sha256(ckpt)
+    src = sorted(batch["inputs"].glob("*.nii.gz"))[0]
+    job = FileJob(src, tmp_path / "out" / "x_ct2mri.nii.gz", qa_dir=tmp_path / "out" / "qa")
+    (tmp_path / "out").mkdir()
+
+    def ref(sha256: str) -> ModelRef:
+        return ModelRef(str(ckpt), sha256, "ct2mri", ConvertOptions(device="cpu"), 1)
+
+    with open_cluster(ClusterSpec(workers=1)) as client:
+        refused = client.submit(convert_task, ref(file_sha256(other)), job, pure=False)
+        with pytest.raises(ModelMismatchError, match="not the same model file") as info:
+            refused.result(timeout=120)
+        assert str(ckpt) in str(info.value) and file_sha256(other) in str(info.value)
+        assert not job.output.exists()
+        record, _ = client.submit(convert_task, ref(file_sha256(ckpt)), job, pure=False).result(timeout=120)
+    assert record["status"] in ("ok", "flagged") and job.output.exists()  # the control: the client's own bytes
+
+
+def test_rerun_after_a_killed_client_converts_only_what_is_missing(batch: dict[str, Path]) -> None:
+    port, out = free_port(), batch["root"] / "rerun"
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-dashboard"], env=ENV, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                       "--no-dashboard", "--host", "127.0.0.1"], env=ENV, stderr=subprocess.DEVNULL))
+        with distributed.Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=60)
+            cli = subprocess.Popen([sys.executable, "-m", "ctmri_monai.apps.cli",
+                                    *_convert_args(batch["inputs"], batch["ckpt"], out, "--scheduler", address)],
+                                   env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _until(lambda: list(out.glob("*_ct2mri.nii.gz")), 120, "the first output")
+            cli.kill()
+            cli.wait(timeout=30)
+            _until(lambda: not client.run_on_scheduler(lambda dask_scheduler: [
+                k for k in dask_scheduler.tasks if "ctmri-convert" in str(k)]), 60, "the scheduler to forget the batch")
+            _until(lambda: not any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()),
+                   60, "the worker to finish its last task")
+            before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_ct2mri.nii.gz")}
+            assert 1 <= len(before) < VOLUMES and not (out / "summary.json").exists()
+            assert main(_convert_args(batch["inputs"], batch["ckpt"], out, "--scheduler", address)) == 0
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+    records = _summary(out)["files"]
+    skipped = {Path(r["output"]).name for r in records if r["status"] == "skipped"}
+    assert skipped == set(before)  # what existed is not converted again ...
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_ct2mri.nii.gz") if p.name in before} == before
+    assert all(r["status"] in ("ok", "flagged") for r in records if Path(r["output"]).name not in before)
+    _assert_same_outputs(out, batch["single"])  # ... and the rest is
