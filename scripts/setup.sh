@@ -28,5 +28,5 @@ PYTHON="${PYTHON:-python3}"
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[fid,dev,onnx,openvino]"
+python -m pip install -q -e ".[fid,dev,onnx,openvino,dask]"
 python -c "import ctmri_monai, monai, torch; print('ctmri-monai', ctmri_monai.__version__, 'monai', monai.__version__, 'torch', torch.__version__)"
