@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import dask
 import distributed  # the dask extra: a test dependency, imported, never skipped
 import nibabel as nib
 import numpy as np
@@ -108,27 +109,55 @@ def test_two_local_workers_match_one_process(batch: dict[str, Path], capsys: pyt
         {k: v for k, v in single.items() if k not in ("files", "created")}
 
 
-def test_a_worker_killed_mid_volume_costs_only_time(batch: dict[str, Path]) -> None:
-    out, killed = batch["root"] / "killed", {}
+def _killer(killed: dict) -> Callable[[dict], None]:
+    """An ``on_record`` that, at the first finished file, SIGKILLs a worker while its generator runs on another
+    file (so well before that file's outputs are written) and notes its address and task in ``killed``."""
 
     def kill_a_busy_worker(record: dict) -> None:
         if killed:
             return
         client = distributed.default_client()
-        busy = _until(lambda: {a: k for a, k in client.call_stack().items() if k}, 60, "a worker converting")
-        address = next(iter(busy))
-        pid = client.run(os.getpid, workers=[address])[address]
-        killed.update(address=address, keys=set(busy[address]))
-        os.kill(pid, signal.SIGKILL)
+        pids = client.run(os.getpid)
 
+        def inferring() -> dict:
+            return {a: k for a, k in client.call_stack().items() if "translate_volume" in str(k)}
+
+        busy = _until(inferring, 60, "a worker running the generator")
+        address = next(iter(busy))
+        os.kill(pids[address], signal.SIGKILL)
+        killed.update(address=address, keys=set(busy[address]))
+
+    return kill_a_busy_worker
+
+
+def _victim(records: list[dict], killed: dict) -> list[dict]:
+    return [r for r in records if any(Path(r["output"]).name in str(k) for k in killed["keys"])]
+
+
+def test_a_worker_killed_mid_volume_costs_only_time(batch: dict[str, Path]) -> None:
+    out, killed = batch["root"] / "killed", {}
     status = run_cluster_batch([batch["inputs"]], out, "ct2mri", batch["ckpt"], ClusterSpec(workers=2),
-                               device="cpu", progress=False, on_record=kill_a_busy_worker)
+                               device="cpu", progress=False, on_record=_killer(killed))
     assert status == 0 and killed
     _assert_same_outputs(out, batch["single"])
     records = _summary(out)["files"]
     assert all(r["status"] in ("ok", "flagged") for r in records)
-    victim = [r for r in records if any(Path(r["output"]).name in k for k in killed["keys"])]
+    victim = _victim(records, killed)
     assert len(victim) == 1 and victim[0]["worker"] != killed["address"]  # converted again, elsewhere
+
+
+def test_a_file_that_kills_every_worker_is_reported_not_retried_for_ever(batch: dict[str, Path]) -> None:
+    out, killed = batch["root"] / "killer", {}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # the first death is every allowed one
+        status = run_cluster_batch([batch["inputs"]], out, "ct2mri", batch["ckpt"], ClusterSpec(workers=2),
+                                   device="cpu", progress=False, on_record=_killer(killed))
+    assert status == 1 and killed
+    records = _summary(out)["files"]
+    victim = _victim(records, killed)
+    assert len(victim) == 1 and victim[0]["status"] == "failed"
+    assert "killed every worker that converted it (1, the last " + killed["address"] in victim[0]["error"]
+    assert [r["status"] for r in records].count("failed") == 1
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name]
 
 
 def test_a_corrupt_file_fails_alone_and_is_not_retried(batch: dict[str, Path]) -> None:

@@ -52,9 +52,14 @@ def _start_cluster(spec: ClusterSpec) -> Iterator[Any]:
     """A LocalCluster of ``spec.workers`` processes, or a dask-jobqueue cluster scaled to ``spec.jobs`` jobs."""
     if spec.workers:
         distributed = require_dask()
+        import dask
+
         preload_worker_imports()
-        cluster = distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker,
-                                           processes=True)
+        # one task per worker thread, none queued behind it: a worker's death then counts only against the files
+        # it was converting (allowed-failures), not against those merely waiting on it
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            cluster = distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker,
+                                               processes=True)
     else:
         jobqueue = require_dask("dask_jobqueue")
         try:
