@@ -19,6 +19,14 @@ The generator has random weights unless --checkpoint is given (speed does not de
 and 4: end_to_end (convert_volume with the engine as the generator, map off) and forward (the engine alone on the
 preprocessed slices), slices/s per engine and its ratio to torch eager in the same setting; fp32 throughout.
 FLOPs per slice: torch.utils.flop_counter of one forward. Prints a table and writes JSON.
+
+    python scripts/bench_convert.py --workers 1,2   # files per minute: one process vs Dask local workers
+
+--workers: 12 phantom CT volumes (64 x 64 x 16, 3 mm), a small two-generator checkpoint (ResNet ngf 16, 3 blocks;
+map on), converted by run_batch in this process and by run_cluster_batch on a LocalCluster of each worker count
+(one thread each).
+Files per minute are timed from the first finished file to the last (startup and model loads excluded); the
+per-file overhead is (that time x workers / files) minus the mean conversion seconds the records report.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's choice)")
     p.add_argument("--output", default="bench_convert.json", help="JSON output file")
     p.add_argument("--engines", action="store_true", help="compare torch, onnxruntime and openvino on the CPU")
+    p.add_argument("--workers", default=None, help="e.g. 1,2: Dask local worker counts vs one process")
+    p.add_argument("--files", type=int, default=12, help="--workers: volumes in the batch")
     p.add_argument("--rounds", type=int, default=2, help="--engines: interleaved rounds")
     return p.parse_args(argv)
 
@@ -188,12 +199,76 @@ def main_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_rate(convert: Any, files: int) -> dict[str, Any]:
+    """Run ``convert(on_record)``; files per minute from the first finished file to the last, conversion s."""
+    stamps, seconds = [], []
+    convert(lambda r: (stamps.append(time.perf_counter()), seconds.append(r["seconds"] or 0.0)))
+    steady = stamps[-1] - stamps[0]
+    return {"files": files, "files_per_min": 60 * (files - 1) / steady, "steady_s": steady,
+            "convert_s_per_file": sum(seconds) / files}
+
+
+def _on_record(run: Any, inputs: list[Path], out: Path, ckpt: Path, common: dict, on_record: Any) -> int:
+    return run(inputs, out, "ct2mri", ckpt, on_record=on_record, **common)
+
+
+def main_workers(args: argparse.Namespace) -> int:
+    """The --workers mode (module docstring)."""
+    from ctmri_monai.convert.batch import run_batch
+    from ctmri_monai.convert.cluster.args import ClusterSpec
+    from ctmri_monai.convert.cluster.run import run_cluster_batch
+    from ctmri_monai.io.checkpoint_file import atomic_torch_save
+    from ctmri_monai.networks import define_generator
+    from ctmri_monai.phantoms.render import make_subject
+
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "in").mkdir()
+        for i in range(args.files):
+            s = make_subject(i, seed=0, shape=(64, 64, 16), spacing=(3.0, 3.0, 8.0))
+            nib.save(nib.Nifti1Image(s.ct.astype(np.int16), s.affine), root / "in" / f"ct{i:02d}.nii.gz")
+        from ctmri_monai.spec import CTIntensity, ModelSpec, NetworkSpec, SliceGeometry
+
+        spec = ModelSpec(network=NetworkSpec(backbone="resnet", ngf=16, n_blocks=3), ct=CTIntensity((-1000, 1000)),
+                         geometry=SliceGeometry(image_size=64, framing="spacing", pixdim=(3.0, 3.0)))
+        torch.manual_seed(0)
+        data = {f"generator_{d}": define_generator(**spec.generator_kwargs()).state_dict()
+                for d in ("ct2mri", "mri2ct")}
+        ckpt = root / "small.pt"
+        atomic_torch_save(data | {"model_spec": spec.state_dict()}, ckpt)
+        common = {"device": "cpu", "progress": False, "overwrite": True, "stream": open(os.devnull, "w")}
+        modes = [("single process", 1, None)] + [(f"dask {n} worker(s)", n, n)
+                                                 for n in map(int, args.workers.split(","))]
+        for name, n, workers in modes:
+            out = root / name.replace(" ", "_")
+            run = run_batch if workers is None else partial(run_cluster_batch, cluster=ClusterSpec(workers=workers))
+            row = _batch_rate(partial(_on_record, run, [root / "in"], out, ckpt, common), args.files)
+            overhead = row["steady_s"] * n / (args.files - 1) - row["convert_s_per_file"]
+            rows.append({"mode": name, "workers": n, **row, "overhead_s_per_file": overhead,
+                         "overhead_pct": 100 * overhead / row["convert_s_per_file"]})
+    base = next(r for r in rows if r["workers"] == 1 and r["mode"].startswith("dask"))["files_per_min"]
+    for row in rows:
+        row["x_1_worker"] = row["files_per_min"] / base
+    machine = machine_info(torch.device("cpu"))
+    path = write_json({"benchmark": "convert_workers", "machine": machine, "results": rows}, args.output)
+    print(f"{machine['cpu']} ({machine['cpu_count']} cores), load {machine['load_average_1_5_15']}")
+    print(format_table(rows, [("mode", "mode"), ("files_per_min", "files/min"), ("x_1_worker", "x 1 worker"),
+                              ("convert_s_per_file", "convert s/file"), ("overhead_s_per_file", "overhead s/file"),
+                              ("overhead_pct", "overhead %")]))
+    print(f"written: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from ctmri_monai.convert.pipeline import convert_volume
 
     args = parse_args(argv)
     if args.engines:
         return main_engines(args)
+    if args.workers:
+        return main_workers(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
