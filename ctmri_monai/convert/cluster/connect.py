@@ -56,8 +56,12 @@ def _start_cluster(spec: ClusterSpec) -> Iterator[Any]:
 
         preload_worker_imports()
         # one task per worker thread, none queued behind it: a worker's death then counts only against the files
-        # it was converting (allowed-failures), not against those merely waiting on it
-        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        # it was converting (allowed-failures), not against those merely waiting on it; and glibc's default
+        # malloc trimming: the nanny's MALLOC_TRIM_THRESHOLD_=65536 made each file ~40 % slower (benchmarks.md)
+        environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                              "distributed.nanny.pre-spawn-environ": environ}):
             cluster = distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker,
                                                processes=True)
     else:
