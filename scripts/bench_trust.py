@@ -152,7 +152,7 @@ def score_conversion(ckpt: Path, data: Path, name: str, direction: str) -> dict[
     import torch
 
     from ctmri_monai.engines.disagreement import disagreement_map
-    from ctmri_monai.engines.slices import translate_volume
+    from ctmri_monai.engines.slices import SliceRun, translate_volume
     from ctmri_monai.io.volume import load_volume
     from ctmri_monai.metrics.flagged import flag_mask, voxel_auroc
     from ctmri_monai.networks.loading import load_generator
@@ -166,7 +166,7 @@ def score_conversion(ckpt: Path, data: Path, name: str, direction: str) -> dict[
     spec = info["spec"]
     path = data / "heldout" / source / f"{name}.nii.gz"
     image = load_volume(path).image
-    tr = translate_volume(path, image, forward, spec, source, target, amp=False)
+    tr = translate_volume(path, image, forward, spec, source, target, SliceRun(amp=False))
     if np.corrcoef(_frames_of(np.asarray(image[0])).ravel(), tr.source_unit.ravel())[0, 1] < 0.9:
         raise RuntimeError(f"{name}: the frames are not the volume's own grid; the labels cannot be placed")
     true_image = load_volume(data / "heldout" / target / f"{name}.nii.gz").image

@@ -152,7 +152,7 @@ def test_map_comes_back_on_the_input_grid(tmp_path, framing):
     from conftest import make_spec
 
     from ctmri_monai.engines.disagreement import on_input_grid
-    from ctmri_monai.engines.slices import translate_volume
+    from ctmri_monai.engines.slices import SliceRun, translate_volume
     from ctmri_monai.io.volume import load_volume
     from ctmri_monai.phantoms.oracle import unit_volumes
     from ctmri_monai.phantoms.write import _write_nifti
@@ -167,7 +167,7 @@ def test_map_comes_back_on_the_input_grid(tmp_path, framing):
     image = load_volume(path).image
     spec = (make_spec(image_size=48, pixdim=(4.0, 4.0)) if framing == "spacing" else
             make_spec(image_size=48, pixdim=None, framing="fit", training={"ct": TrainingReference(head_extent_px=20)}))
-    tr = translate_volume(path, image, forward, spec, "ct", "mri", amp=False)
+    tr = translate_volume(path, image, forward, spec, "ct", "mri", SliceRun(amp=False))
     back = on_input_grid(tr.fake_unit, image, spec, "ct")
     assert back.shape == phantom.ct.shape
     # away from the head's edge, where the written output blends with the background

@@ -31,7 +31,7 @@ from ctmri_monai import DOMAINS
 from ctmri_monai.convert.options import ConvertOptions, split_options
 from ctmri_monai.convert.qa import MontageLayout, consistency_report, save_montage
 from ctmri_monai.convert.trust import disagreement_description, disagreement_path, volume_disagreement
-from ctmri_monai.engines.slices import translate_volume, valid_range
+from ctmri_monai.engines.slices import SliceRun, translate_volume, valid_range
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.nifti import nifti_image_like, output_error, write_nifti
 from ctmri_monai.io.paths import path_stem
@@ -117,10 +117,9 @@ def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, 
     warnings = volume.warnings + check_contract(input_path, volume.image, spec, source)
     t = lap("load", t_start)
 
-    translation = translate_volume(input_path, volume.image, model.generator, spec, source, target,
-                                   batch_size=options.batch_size, device=device, amp=options.amp,
-                                   mask_background=options.mask_background, progress=progress,
-                                   inferer=options.inferer)
+    run = SliceRun(options.batch_size, device, options.amp, progress, options.inferer)
+    translation = translate_volume(input_path, volume.image, model.generator, spec, source, target, run,
+                                   mask_background=options.mask_background)
     warnings += translation.warnings
     timings.update(translation.timings)
     trust = None
