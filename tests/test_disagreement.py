@@ -163,12 +163,13 @@ def test_planted_goal_not_yet_met(bleed, direction, kind):
 
 @pytest.mark.parametrize("framing", ["spacing", "fit_by_head"])
 def test_map_comes_back_on_the_input_grid(tmp_path, framing):
-    """`on_input_grid` inverts framing and orientation as `translate_volume` does: the raw output frames brought
-    back equal the written synthetic MRI inside the head (a non-square, rotated-axes volume), also for a "fit"
-    model that frames volumes by the head at its training head size; a flipped map does not."""
+    """The translation's own inverse brings a frame-space array back as `translate_volume` brings its output: the
+    raw output frames brought back equal the written synthetic MRI inside the head (a non-square, rotated-axes
+    volume), also for a "fit" model that frames volumes by the head; a flipped array does not. The conversion's map
+    (`volume_disagreement`) lies on the input's grid, zero outside the input's head."""
     from conftest import make_spec
 
-    from ctmri_monai.engines.disagreement import on_input_grid
+    from ctmri_monai.convert.trust import volume_disagreement
     from ctmri_monai.engines.slices import translate_volume
     from ctmri_monai.io.volume import load_volume
     from ctmri_monai.phantoms.oracle import unit_volumes
@@ -185,13 +186,16 @@ def test_map_comes_back_on_the_input_grid(tmp_path, framing):
     spec = (make_spec(image_size=48, pixdim=(4.0, 4.0)) if framing == "spacing" else
             make_spec(image_size=48, pixdim=None, framing="fit", training={"ct": TrainingReference(head_extent_px=20)}))
     tr = translate_volume(path, image, forward, spec, "ct", "mri", amp=False)
-    back = on_input_grid(tr.fake_unit, image, spec, "ct")
-    assert back.shape == phantom.ct.shape
+    inverse = tr.frames.inverse
+    back = inverse.to_input(tr.fake_unit)
+    assert back.shape == phantom.ct.shape and back.dtype == np.float32
     # away from the head's edge, where the written output blends with the background
     inside = ndimage.binary_erosion(tr.output > -1.0, np.ones((5, 5, 1), bool))
     assert inside.mean() > 0.1
     assert np.abs(back[inside] - np.clip(tr.output[inside], -1, 1)).max() < 1e-4
-    flipped = on_input_grid(tr.fake_unit[:, ::-1].copy(), image, spec, "ct")
+    flipped = inverse.to_input(tr.fake_unit[:, ::-1].copy())
     assert np.abs(flipped[inside] - tr.output[inside]).max() > 0.5
-    with pytest.raises(ValueError, match="frames"):
-        on_input_grid(tr.fake_unit[:-1], image, spec, "ct")
+    trust = volume_disagreement(tr, forward, spec, "ct2mri", {"amp": False})
+    assert trust.grid.shape == phantom.ct.shape and 0.0 <= trust.grid.min() and trust.grid.max() <= 1.0
+    assert not trust.grid[~np.asarray(inverse.input_head, bool)].any()
+    assert trust.figures["passes"] == 2

@@ -50,8 +50,10 @@ def volume_disagreement(translation: Translation, generator: Generator, spec: Mo
     result = disagreement_map(translation.source_unit, translation.fake_unit, generator, direction, head=head,
                               context=spec.geometry.context_slices, flip_axis=flip_axis, **run)
     inverse = frames.inverse
+    input_head = np.asarray(inverse.input_head, bool)
     grid = np.clip(inverse.to_input(result.map), 0.0, 1.0).astype(np.float32)
-    figures = flag_figures(grid, inverse.input_head, inverse.affine)
+    grid[~input_head] = 0.0  # resampling may carry the map's edge past the input's head
+    figures = flag_figures(grid, input_head, inverse.affine)
     figures.update(scales={k: round(v, 4) for k, v in result.scales.items()}, passes=result.passes,
                    seconds=result.seconds)
     return VolumeDisagreement(grid, flag_mask(result.map, head), figures)
