@@ -4,10 +4,9 @@
 logged contract overrides: the checkpoint is read once, its generators built once, its contract resolved once.
 It converts a loaded volume (`convert`), a DICOM series folder into a result holding the derived series'
 datasets (`convert_series`), or a file into NIfTI / DICOM outputs (`convert_file`, the batch's and
-``ctmri convert``'s road). The DICOM node and DICOMweb conversion go through it too. With the disagreement map on
-(``ConvertOptions.disagreement``, the default), the service also holds each direction's backward generator (the
-checkpoint's other one, read from the same checkpoint data), which the map's cycle signal needs; a model given
-without one converts without the map (logged). The generators may run on a CPU engine
+``ctmri convert``'s road). The DICOM node and DICOMweb conversion go through it too. The disagreement map
+(``ConvertOptions.disagreement``) needs the forward generator alone, so every model can give one, an exported
+file included. The generators may run on a CPU engine
 (`ctmri_monai.engines.runtimes`: torch, ONNX Runtime, OpenVINO); `from_exported` builds the service from a file
 of `ctmri export`, whose contract comes from the file alone.
 """
@@ -93,13 +92,11 @@ class SeriesConversion:
 
 
 class ConversionService:
-    """One model (generators by direction, one contract) that converts many inputs with one set of options;
-    ``backward``: by direction, the other generator of the checkpoint when it is not among ``generators``."""
+    """One model (generators by direction, one contract) that converts many inputs with one set of options."""
 
     def __init__(self, generators: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], spec: ModelSpec | None,
                  model_info: Mapping[str, Any] | None = None, options: ConvertOptions | None = None,
-                 contract_overrides: Mapping[str, Any] | None = None,
-                 backward: Mapping[str, Callable[[torch.Tensor], torch.Tensor] | None] | None = None) -> None:
+                 contract_overrides: Mapping[str, Any] | None = None) -> None:
         unknown = sorted(set(generators) - set(DIRECTIONS))
         if unknown or not generators:
             raise ValueError(f"generators by direction {tuple(DIRECTIONS)} expected, got {sorted(generators)}")
@@ -109,8 +106,6 @@ class ConversionService:
         self.info = info
         self.generators = dict(generators)
         self.options = options or ConvertOptions()
-        given = dict(backward or {})
-        self.backward = {d: given.get(d) or self.generators.get(reverse_direction(d)) for d in self.generators}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
@@ -121,7 +116,7 @@ class ConversionService:
         """Read ``checkpoint`` once and build its generators (``directions``: default every one it holds) on
         ``device``; ``loader(path, direction, device) -> (module, info)`` replaces the built-in loading.
         ``engine`` ("torch", "onnxruntime", "openvino"; `ctmri_monai.engines.runtimes`) with ``threads`` runs
-        every generator (the backward ones too) on that CPU engine; an exported file goes to `from_exported`."""
+        every generator on that CPU engine; an exported file goes to `from_exported`."""
         from ctmri_monai.networks.export import exported_format
 
         if exported_format(checkpoint) is not None:
@@ -142,30 +137,22 @@ class ConversionService:
         wanted = list(directions) if directions is not None else [d for d in DIRECTIONS if f"generator_{d}" in data]
         for direction in wanted:
             generators[direction] = generator_from(data, direction, checkpoint, dev)
-        backward: dict[str, Any] = {}
-        if options.disagreement:  # the map's backward generators, from the same checkpoint data, each built once
-            for direction in wanted:
-                other = reverse_direction(direction)
-                if other not in generators and f"generator_{other}" in data:
-                    backward[direction] = generator_from(data, other, checkpoint, dev)
         spec = ModelSpec.from_state(data.get("model_spec"))
         if engine is not None:
             from ctmri_monai.engines.runtimes import engine_for_module
 
             generators = {d: engine_for_module(g, spec, engine, threads) for d, g in generators.items()}
-            backward = {d: engine_for_module(g, spec, engine, threads) for d, g in backward.items()}
         info = model_info(checkpoint, wanted[0] if len(wanted) == 1 else "", spec)
         if engine is not None:
             info["engine"] = engine
-        return cls(generators, spec, info, options, contract_overrides, backward)
+        return cls(generators, spec, info, options, contract_overrides)
 
     @classmethod
     def from_exported(cls, path: str | os.PathLike, engine: str | None = None, threads: int | None = None,
                       contract_overrides: Mapping[str, Any] | None = None, options: ConvertOptions | None = None,
                       directions: Iterable[str] | None = None) -> ConversionService:
         """A service on an exported file (`ctmri export`) run by ``engine`` on the CPU: its contract and its
-        direction come from the file alone (`ContractError` for a file without one). One direction, no backward
-        generator: conversions go without the disagreement map (logged)."""
+        direction come from the file alone (`ContractError` for a file without one)."""
         from ctmri_monai.engines.runtimes import open_exported
         from ctmri_monai.utils.hashing import file_sha256
 
@@ -189,12 +176,11 @@ class ConversionService:
         if direction not in self.generators:
             raise ContractError(self.info.get("file") or "model",
                                 f"no {direction} generator (it has {', '.join(self.generators)})")
-        return Model(self.generators[direction], self.spec, dict(self.info, direction=direction),
-                     self.backward.get(direction))
+        return Model(self.generators[direction], self.spec, dict(self.info, direction=direction))
 
     def writes_map(self, direction: str) -> bool:
-        """Whether conversions of ``direction`` write a disagreement map (on, and a backward generator known)."""
-        return bool(self.options.disagreement) and self.backward.get(direction) is not None
+        """Whether conversions of ``direction`` write a disagreement map (the forward generator is enough)."""
+        return bool(self.options.disagreement) and direction in self.generators
 
     def convert(self, volume: Volume, direction: str, progress: Any = None,
                 montage: Path | None = None) -> Converted:
@@ -224,4 +210,4 @@ class ConversionService:
         model = self.model(direction)
         source, target = DIRECTIONS[direction]
         return convert_volume(path, output, model.generator, self.spec, source, target, self.options,
-                              model_info=self.info, backward=model.backward, **outputs)
+                              model_info=self.info, **outputs)

@@ -27,7 +27,7 @@ from monai.transforms import FillHoles, MapTransform
 from scipy import ndimage
 from scipy.spatial import ConvexHull, Delaunay, QhullError
 
-from ctmri_monai.transforms.orientation import axial_axis
+from ctmri_monai.io.orientation import axial_axis
 
 __all__ = ["CT_HEAD_HU", "HEAD_SLICE_SHARE", "HEAD_THRESHOLD", "MRI_HEAD_FRACTION", "HeadMaskd", "head_mask",
            "head_mask_slice", "image_head_mask", "image_head_mask_slice", "input_head_mask", "largest_component",
