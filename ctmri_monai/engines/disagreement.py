@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
 from scipy.ndimage import gaussian_filter
 
 from ctmri_monai.engines.slices import infer_slices
@@ -81,8 +82,7 @@ class Disagreement:
 
 
 def _frames(x: Any) -> np.ndarray:
-    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(convert_to_numpy(x), dtype=np.float32)
 
 
 def _smooth(x: np.ndarray, sigma: float = SMOOTH_PX) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import FillHoles, MapTransform
+from monai.utils import convert_to_numpy
 from scipy import ndimage
 from scipy.spatial import ConvexHull, Delaunay, QhullError
 
@@ -47,9 +48,9 @@ IMAGE_THRESHOLD, IMAGE_REACH = -0.9, 0.04
 _fill_holes = FillHoles()
 
 
-def to_numpy(x: Any) -> np.ndarray:
-    """A tensor (any device) or array-like as a numpy array (the tensor's own dtype)."""
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+def to_numpy(x: Any, dtype: Any = None) -> np.ndarray:
+    """A tensor (any device, MetaTensor too) or array-like as a numpy array (MONAI's ``convert_to_numpy``)."""
+    return convert_to_numpy(x, dtype=dtype)
 
 
 def _fill(mask: np.ndarray) -> np.ndarray:
