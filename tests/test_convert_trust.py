@@ -23,7 +23,7 @@ from PIL import Image
 from test_convert import Identity, S, head_hu, make_affine, rotation, save_nifti, write_ct_series
 
 from ctmri_monai.apps.cli import main as ctmri
-from ctmri_monai.convert import run_batch
+from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
 
 AFFINE = make_affine(rotation(0.1, 0.0, 0.3), (6.0, 6.0, 8.0))  # oblique: the map must follow it exactly
 
@@ -144,8 +144,9 @@ def test_a_failed_write_leaves_no_map_and_a_generator_alone_gives_one(
         runs: dict, tmp_path: Path, monkeypatch) -> None:
     fail_dicom_write_at(monkeypatch, 3)
     out = tmp_path / "out"
-    assert run_batch([runs["data"]], out, "ct2mri", checkpoint=runs["ckpt"], device="cpu", progress=False,
-                     dicom=True) == 1
+    mapped = ConvertOptions.for_run("cpu", disagreement=True)
+    assert run_batch([runs["data"]], out, "ct2mri", ModelSource(checkpoint=runs["ckpt"]),
+                     BatchOptions(convert=mapped, progress=False, dicom=True)) == 1
     records = _records(out)
     assert records["vol.nii.gz"]["status"] != "failed" and records["series"]["status"] == "failed"
     assert sorted(p.name for p in out.iterdir()) == ["qa", "summary.json", "vol_ct2mri.nii.gz",
@@ -153,8 +154,8 @@ def test_a_failed_write_leaves_no_map_and_a_generator_alone_gives_one(
     monkeypatch.undo()
     # a generator in memory, no checkpoint and no backward generator: the map needs the forward one alone
     src = save_nifti(tmp_path / "a.nii.gz", head_hu((20, 18, 4)), np.eye(4))
-    assert run_batch([src], tmp_path / "g", "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu",
-                     progress=False, disagreement=True) == 0
+    assert run_batch([src], tmp_path / "g", "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S)),
+                     BatchOptions(convert=mapped, progress=False)) == 0
     figures = _records(tmp_path / "g")["a.nii.gz"]["disagreement"]
     assert figures["passes"] == 2 and Path(figures["map"]).exists()
 
@@ -164,8 +165,8 @@ def test_a_failed_write_leaves_no_map_and_a_generator_alone_gives_one(
         raise ValueError("planted failure")
 
     monkeypatch.setattr(pipeline, "volume_disagreement", broken)  # the map fails: the conversion still stands
-    assert run_batch([runs["data"] / "vol.nii.gz"], tmp_path / "b", "ct2mri", checkpoint=runs["ckpt"],
-                     device="cpu", progress=False) == 0
+    assert run_batch([runs["data"] / "vol.nii.gz"], tmp_path / "b", "ct2mri", ModelSource(checkpoint=runs["ckpt"]),
+                     BatchOptions(convert=mapped, progress=False)) == 0
     record = _records(tmp_path / "b")["vol.nii.gz"]
     assert record["status"] != "failed" and "disagreement" not in record
     assert any("no disagreement map (ValueError: planted failure)" in w for w in record["warnings"])
@@ -187,15 +188,15 @@ def test_the_service_reads_the_checkpoint_once_and_builds_no_generator_for_the_m
     real, build = checkpoint_file.load_checkpoint, loading.generator_from
     monkeypatch.setattr(checkpoint_file, "load_checkpoint", lambda *a, **k: reads.append(a) or real(*a, **k))
     monkeypatch.setattr(loading, "generator_from", lambda data, d, *a, **k: built.append(d) or build(data, d, *a, **k))
-    service = ConversionService.from_checkpoint(runs["ckpt"], "cpu", directions=["ct2mri"],
-                                                options=ConvertOptions(disagreement=True))
+    service = ConversionService.from_checkpoint(runs["ckpt"], ConvertOptions.for_run("cpu", disagreement=True),
+                                                directions=["ct2mri"])
     assert len(reads) == 1 and built == ["ct2mri"] and service.directions == ["ct2mri"]
     assert service.writes_map("ct2mri") and not service.writes_map("mri2ct")
-    off = ConversionService.from_checkpoint(runs["ckpt"], "cpu", directions=["ct2mri"],
-                                            options=ConvertOptions(disagreement=False))
+    off = ConversionService.from_checkpoint(runs["ckpt"], ConvertOptions.for_run("cpu"), directions=["ct2mri"])
     assert not off.writes_map("ct2mri")
     for add in (add_convert_arguments, add_serve_arguments):  # `ctmri convert` and `ctmri serve`: one flag
         parser = add(argparse.ArgumentParser())
         base = ["--checkpoint", "m.pt"] + (["--spool", "s"] if add is add_serve_arguments else [])
-        assert parser.parse_args(base).disagreement is True
-        assert parser.parse_args([*base, "--no-disagreement"]).disagreement is False
+        assert parser.parse_args(base).disagreement is False  # opt-in: off by default
+        assert parser.parse_args([*base, "--disagreement"]).disagreement is True
+        assert parser.parse_args([*base, "--no-disagreement"]).disagreement is False  # still accepted

@@ -179,14 +179,14 @@ def test_exported_file_on_the_series_road(setup: dict) -> None:
                   str(exported)]) == 0
     folder = setup["tmp"] / "ct_series"
     write_ct_series(folder, head_hu((32, 28, 4), seed=3), spacing=(6.0, 6.0, 8.0))
-    service = ConversionService.from_checkpoint(exported, "cpu", options=ConvertOptions(batch_size=4,
-                                                                                         disagreement=True))
+    service = ConversionService.from_checkpoint(exported, ConvertOptions.for_run("cpu", model=exported, batch_size=4,
+                                                                                 disagreement=True))
     assert service.info["engine"] == "onnxruntime" and service.writes_map("ct2mri")
     result = service.convert_series(folder)
     assert result.converted.report["disagreement"]["passes"] == 2  # the exported generator made the map
     assert len(list(result.derived.datasets())) == 4 and result.converted.report["direction"] == "ct2mri"
-    reference = ConversionService.from_checkpoint(setup["ckpt"], "cpu", options=ConvertOptions(
-        batch_size=4, disagreement=False)).convert_series(folder)
+    reference = ConversionService.from_checkpoint(setup["ckpt"], ConvertOptions.for_run(
+        "cpu", batch_size=4, disagreement=False)).convert_series(folder)
     assert np.abs(result.converted.array.astype(np.float64) - reference.converted.array).max() <= setup["tolerance"]
     with pytest.raises(ContractError, match="mri2ct"):
         service.model("mri2ct")

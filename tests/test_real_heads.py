@@ -20,6 +20,7 @@ import torch
 from monai.data import MetaTensor
 
 from ctmri_monai.convert.batch import format_table, run_batch
+from ctmri_monai.convert.options import BatchOptions, ConvertOptions, ModelSource
 from ctmri_monai.data import spec_for_dataset
 from ctmri_monai.engines.slices import translate_volume
 from ctmri_monai.phantoms import ct_to_png, make_phantoms, make_subject, mri_to_png, radiological_slice
@@ -234,7 +235,8 @@ def test_every_conversion_reports_its_gap_and_far_volumes_are_flagged(phantoms, 
         frame_by="field_of_view"), paths["wide"], True, False), ("flat", percentiles_only, paths["flat"], False, True))
     for name, spec, path, far_size, far_intensity in cases:
         out = tmp_path / name
-        assert run_batch([path], out, "mri2ct", generator=identity, spec=spec, device="cpu", progress=False) == 0
+        assert run_batch([path], out, "mri2ct", ModelSource(generator=identity, spec=spec),
+                         BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False)) == 0
         record = json.loads((out / "summary.json").read_text())["files"][0]
         gap = record["gap"]
         assert (abs(gap["head_size_ratio"] - 1.0) > 0.15) is far_size, (name, gap)

@@ -124,7 +124,7 @@ def test_service_loads_once_and_converts_in_memory_what_the_file_road_writes(tmp
     reads = []
     real = checkpoint_file.load_checkpoint
     monkeypatch.setattr(checkpoint_file, "load_checkpoint", lambda *a, **k: reads.append(a) or real(*a, **k))
-    service = ConversionService.from_checkpoint(ckpt, "cpu", options=ConvertOptions(batch_size=2))
+    service = ConversionService.from_checkpoint(ckpt, ConvertOptions.for_run("cpu", batch_size=2))
     assert sorted(service.directions) == ["ct2mri", "mri2ct"] and len(reads) == 1
 
     series = service.convert_series(data / "series")  # direction from Modality CT
@@ -147,7 +147,7 @@ def test_service_loads_once_and_converts_in_memory_what_the_file_road_writes(tmp
 
 def test_synthetic_series_and_unknown_modalities_are_refused_by_name(tmp_path: Path) -> None:
     ckpt = write_tiny_checkpoint(tmp_path / "m.pt")
-    service = ConversionService.from_checkpoint(ckpt, "cpu")
+    service = ConversionService.from_checkpoint(ckpt, ConvertOptions.for_run("cpu"))
     write_ct_series(tmp_path / "ct", head_hu((32, 28, 3)), spacing=(6.0, 6.0, 8.0))
     derived = service.convert_series(tmp_path / "ct", "ct2mri").derived
     derived.write(tmp_path / "synthetic")
@@ -165,7 +165,7 @@ def test_synthetic_series_and_unknown_modalities_are_refused_by_name(tmp_path: P
         ds.save_as(f)
     with pytest.raises(ContractError, match="modality 'PT' has no conversion"):
         service.convert_series(tmp_path / "ct")
-    only = ConversionService.from_checkpoint(ckpt, "cpu", directions=["ct2mri"])
+    only = ConversionService.from_checkpoint(ckpt, ConvertOptions.for_run("cpu"), directions=["ct2mri"])
     with pytest.raises(ContractError, match="needs the mri2ct generator"):
         from ctmri_monai.convert.service import direction_for_modality
 

@@ -16,24 +16,23 @@ import logging
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.inputs import collect_inputs, output_names
-from ctmri_monai.convert.options import BatchOptions, batch_options
+from ctmri_monai.convert.options import BatchOptions, ModelSource
 from ctmri_monai.convert.qa import gap_cell
+from ctmri_monai.convert.records import conversion_record, failed_record
 from ctmri_monai.convert.service import ConversionService
 from ctmri_monai.convert.trust import disagreement_path, flagged_cell
 from ctmri_monai.io.atomic import atomic_write_json
-from ctmri_monai.io.errors import CtmriError, InputError
-from ctmri_monai.io.volume import load_volume
-from ctmri_monai.utils.device import resolve_device
+from ctmri_monai.io.errors import InputError
+from ctmri_monai.io.volume import Volume, load_volume
 from ctmri_monai.utils.distributed import process_rank, shard_inputs
 
 logger = logging.getLogger(__name__)
@@ -86,12 +85,6 @@ def _progress(total: int, enabled: bool, **kwargs: Any) -> Any:
 # -------------------------------------------------------------------------------------------------- batch
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Slices per generator call: 16 on CUDA; 1 on the CPU, where larger batches measured slower
-    (ResNet-9 at 256 x 256 on 2 cores: 1.1-1.3 slices/s at batch 1, 1.0 at 4, 0.9 at 16)."""
-    return 16 if torch.device(device).type == "cuda" else 1
-
-
 class _ReadAhead:
     """Loads ``paths`` in order with `load_volume`, one file ahead in a background thread."""
 
@@ -122,61 +115,102 @@ class _ReadAhead:
 
 
 def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, direction: str,
-              checkpoint: str | os.PathLike | None = None,
-              generator: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-              options: BatchOptions | None = None, **names: Any) -> int:
+              model: ModelSource | ConversionService, options: BatchOptions | None = None) -> int:
     """Convert every input with the generator of ``direction`` ("ct2mri" | "mri2ct"); returns the exit status
     (1 when any input failed, else 0).
 
-    The model: a `ConversionService` built once from ``checkpoint`` (through ``load_model(path, direction,
-    device) -> (module, info)`` when given), or ``generator`` with ``spec`` (or a ``model_info`` holding it), or a
-    ready ``service``. ``options`` (`BatchOptions`) or its fields by name (and those of `ConvertOptions`):
-    the model's contract alone decides the preprocessing; ``contract_overrides`` (``ct_window``, ``framing``,
-    ``pixdim``, ``mri_percentiles``) replace parts of it, each logged. A model whose contract cannot map HU (an
-    unknown CT window) is refused before any input is read. ``mask_background``: write air outside each input's
-    head mask. Writes ``output_dir/summary.json`` and prints a table to ``stream``.
-    ``inferer``: the slice inferer to use (e.g. a bundle's ``inferer``), else the default ``SliceInferer``.
-    ``max_voxels``: inputs with more voxels fail (checked from their headers, before reading pixel data).
-    ``on_record``: called with each file's summary record as soon as the file is done (progress, monitoring).
-    ``rank`` / ``world_size`` (default: torchrun's ``RANK`` / ``WORLD_SIZE``, else 0 / 1): with several processes
-    each converts its own share of the inputs (`shard_inputs`) and writes ``summary_rank<r>.json``.
-    ``read_ahead``: read the next input in a background thread while the current one is converted (at most
-    two volumes in memory); its read errors are reported for that file as usual.
+    ``model``: a `ModelSource` (a checkpoint or a generator with its contract; the `ConversionService` is built
+    once, before anything is written, so a bad model leaves no output folder) or a ready `ConversionService`.
+    ``options`` (`BatchOptions`): how the batch runs; its ``convert`` (`ConvertOptions.for_run`) converts each
+    volume, and must be None with a ready service, which has its own. Writes ``output_dir/summary.json`` and
+    prints a table to ``options.stream``.
     """
-    service = names.pop("service", None)
-    opts = batch_options(options, **names)
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
-    if sum(x is not None for x in (checkpoint, generator, service)) != 1:
-        raise ValueError("give exactly one of checkpoint, generator and service")
-    dev = resolve_device(opts.convert.device if service is None else service.options.device)
-    batch_size = default_batch_size(dev) if opts.batch_size is None else int(opts.batch_size)
-    convert_options = opts.convert.replace(device=dev, batch_size=batch_size)
-    if checkpoint is not None:  # before anything is written: a bad checkpoint leaves no output folder behind
-        service = ConversionService.from_checkpoint(checkpoint, dev, opts.contract_overrides, convert_options,
-                                                    [direction], opts.load_model, opts.engine, opts.threads)
-    elif generator is not None:
-        service = ConversionService({direction: generator}, opts.spec, opts.model_info, convert_options,
-                                    opts.contract_overrides)
-    elif opts.batch_size is not None:
-        service.options = service.options.replace(batch_size=batch_size)
+    opts = options or BatchOptions()
+    if isinstance(model, ConversionService):
+        if opts.convert is not None:
+            raise ValueError("BatchOptions.convert does not apply to a ready ConversionService: it converts with "
+                             "its own options (build it with them)")
+        service = model
+    elif isinstance(model, ModelSource):
+        service = ConversionService.from_source(model, direction, opts.convert)
+    else:
+        raise TypeError(f"model must be a ModelSource or a ConversionService, not {type(model).__name__}")
     return convert_batch(service, inputs, output_dir, direction, opts)
 
 
-def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
-                  direction: str, opts: BatchOptions) -> int:
-    """`run_batch` with its model loaded: convert ``inputs`` with ``service``; returns the exit status."""
-    service.model(direction)  # refused before anything is written when the model has no such generator
-    stream = opts.stream or sys.stdout
-    dev, info, progress = service.options.device, service.info, opts.progress
-    dicom, overwrite, on_record = opts.dicom, opts.overwrite, opts.on_record
-    out_dir = Path(output_dir)
+@dataclass(frozen=True)
+class FileJob:
+    """One input of a batch: what is read (``path``), where its NIfTI (``output``), DICOM series (``dicom_dir``)
+    and QA montage folder (``qa_dir``) go, or why it cannot be converted (``problem``, from `collect_inputs`)."""
+
+    path: Path
+    output: Path
+    dicom_dir: Path | None = None
+    qa_dir: Path | None = None
+    problem: str | None = None
+
+
+def convert_one(service: ConversionService, job: FileJob, direction: str, *,
+                read: Callable[[], Volume] | None = None, progress: Any = None) -> dict[str, Any]:
+    """Convert one input with ``service`` and return its summary record (`conversion_record`, or
+    `failed_record` naming the file: any error of this file is its record, never raised). ``read``: gives the
+    loaded input (e.g. read ahead), else the file is read here; ``progress``: advanced per slice. The batch of
+    one process and a worker of a cluster run this same function."""
+    head = {"file": str(job.path), "output": str(job.output)}
+    if job.problem is not None:
+        return {**head, **failed_record(str(job.path), problem=job.problem)}
+    t0 = time.perf_counter()
+    try:
+        volume = read() if read is not None else None
+        result = service.convert_file(job.path, job.output, direction, dicom_output_dir=job.dicom_dir,
+                                      qa_dir=job.qa_dir, progress=progress, volume=volume)
+        del volume
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+        return {**head, **failed_record(str(job.path), exc, seconds=round(time.perf_counter() - t0, 3))}
+    return {**head, **conversion_record(result, dicom_output=result["dicom_output"],
+                                        dicom_series_uid=result["dicom_series_uid"])}
+
+
+def skipped_record(job: FileJob, previous: Mapping[str, Any]) -> dict[str, Any]:
+    """The record of an input whose outputs exist: what the ``previous`` record of that output said."""
+    record: dict[str, Any] = {"file": str(job.path), "output": str(job.output), "status": "skipped",
+                              "shape": previous.get("shape"), "seconds": None, "qa": previous.get("qa"),
+                              "error": None, "note": "output exists (use overwrite to redo)"}
+    if previous.get("disagreement") is not None:
+        record["disagreement"] = previous["disagreement"]
+    return record
+
+
+@dataclass
+class BatchPlan:
+    """A batch laid out before anything is converted: every input's `FileJob` (this rank's share), which of them
+    need converting (``todo``: the others are finished), the summary file and the records it held."""
+
+    jobs: list[FileJob]
+    todo: set[int]
+    summary_path: Path
+    previous: dict[str, dict]
+    rank: int = 0
+    world_size: int = 1
+
+
+def _finished(job: FileJob, maps: bool, direction: str) -> bool:
+    """Whether ``job``'s outputs all exist (its map too when the batch writes maps)."""
+    return (job.output.exists() and (job.dicom_dir is None or job.dicom_dir.exists())
+            and (not maps or disagreement_path(job.output, direction).exists()))
+
+
+def plan_batch(service: ConversionService, inputs: Sequence[str | os.PathLike], out_dir: Path, direction: str,
+               opts: BatchOptions) -> BatchPlan:
+    """The jobs of ``inputs`` into ``out_dir`` (created here; `InputError` when it cannot be), this rank's share
+    and which are still to do (all with ``opts.overwrite``)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a file where a parent folder should be
         raise InputError(out_dir, f"cannot create the output folder ({type(exc).__name__}: "
                                        f"{exc.strerror or exc}: {exc.filename})") from exc
-
     items = collect_inputs(inputs, exclude=[out_dir])
     names = output_names([p for p, _ in items], direction)  # from the full list: the same names on every rank
     env_rank, env_world = process_rank()
@@ -186,102 +220,82 @@ def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike
     if world_size > 1:
         items, names = shard_inputs(items, rank, world_size), shard_inputs(names, rank, world_size)
         summary_path = out_dir / f"summary_rank{rank}.json"
-    previous = _previous_records(summary_path)
-    records: list[dict[str, Any]] = []
-    outputs = [(out_dir / f"{name}.nii.gz", out_dir / f"{name}_dicom" if dicom and path.is_dir() else None)
-               for (path, _), name in zip(items, names, strict=True)]
+    jobs = [FileJob(path, out_dir / f"{name}.nii.gz", out_dir / f"{name}_dicom" if opts.dicom and path.is_dir()
+                    else None, out_dir / "qa", problem) for (path, problem), name in zip(items, names, strict=True)]
     maps = service.writes_map(direction)  # then an output without its map is not finished
-    todo = {i for i, ((_, problem), (output, dicom_dir)) in enumerate(zip(items, outputs, strict=True))
-            if problem is None and (overwrite or not output.exists() or (dicom_dir is not None
-                                                                         and not dicom_dir.exists())
-                                    or (maps and not disagreement_path(output, direction).exists()))}
-    reader = _ReadAhead([items[i][0] for i in sorted(todo)], service.options.series_uid,
+    todo = {i for i, job in enumerate(jobs)
+            if job.problem is None and (opts.overwrite or not _finished(job, maps, direction))}
+    return BatchPlan(jobs, todo, summary_path, _previous_records(summary_path), rank, world_size)
+
+
+def write_summary(plan: BatchPlan, records: Sequence[Mapping[str, Any]], service: ConversionService,
+                  direction: str, stream: Any) -> int:
+    """Write ``plan.summary_path`` (atomically) with ``records`` in input order, print the table to ``stream``;
+    returns the exit status (1 when any input failed)."""
+    info = service.info
+    summary = {
+        "direction": direction,
+        "model": {"file": info.get("file"), "sha256": info.get("sha256"),
+                  **{k: info[k] for k in ("engine", "source_sha256") if info.get(k)}},  # engines, exports only
+        "device": str(service.options.device),
+        "rank": plan.rank,
+        "world_size": plan.world_size,
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "counts": status_counts(records),
+        "files": list(records),
+    }
+    atomic_write_json(plan.summary_path, summary)
+    print(format_table(records), file=stream)
+    print(f"summary: {plan.summary_path}", file=stream)
+    return 1 if summary["counts"]["failed"] else 0
+
+
+def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                  direction: str, opts: BatchOptions) -> int:
+    """`run_batch` with its model loaded: convert ``inputs`` with ``service`` in this process, one `convert_one`
+    per input (the next one read ahead); returns the exit status."""
+    service.model(direction)  # refused before anything is written when the model has no such generator
+    plan = plan_batch(service, inputs, Path(output_dir), direction, opts)
+    reader = _ReadAhead([plan.jobs[i].path for i in sorted(plan.todo)], service.options.series_uid,
                         service.options.max_voxels, enabled=opts.read_ahead)
-    files_bar = _progress(len(items), progress, desc="volumes", unit="vol", position=0)
-    for i, ((path, problem), (output, dicom_dir)) in enumerate(zip(items, outputs, strict=True)):
-        record: dict[str, Any] = {"file": str(path), "output": str(output), "status": "failed", "shape": None,
-                                  "seconds": None, "qa": None, "error": None}
-        if problem is not None:
-            record["error"] = f"{path}: {problem}"
-        elif i not in todo:  # finished earlier
-            old = previous.get(str(output), {})
-            record.update(status="skipped", shape=old.get("shape"), qa=old.get("qa"),
-                          error=None, note="output exists (use overwrite to redo)")
-            if old.get("disagreement") is not None:
-                record["disagreement"] = old["disagreement"]
+    files_bar = _progress(len(plan.jobs), opts.progress, desc="volumes", unit="vol", position=0)
+    records: list[dict[str, Any]] = []
+    for i, job in enumerate(plan.jobs):
+        if job.problem is None and i not in plan.todo:  # finished earlier
+            record = skipped_record(job, plan.previous.get(str(job.output), {}))
         else:
-            slices_bar = _progress(0, progress, desc=path.name[:30], unit="slice", position=1, leave=False)
-            t0 = time.perf_counter()
-            try:
-                volume = reader.next(path)
-                result = service.convert_file(path, output, direction, dicom_output_dir=dicom_dir,
-                                              qa_dir=out_dir / "qa", progress=slices_bar, volume=volume)
-                del volume
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-                record["seconds"] = round(time.perf_counter() - t0, 3)
-                if isinstance(exc, CtmriError):  # names the input, or the output it could not write
-                    record["error"] = str(exc) if exc.path == str(path) else f"{path}: {exc}"
-                else:
-                    record["error"] = f"{path}: {type(exc).__name__}: {exc}"
-                if not isinstance(exc, CtmriError):
-                    record["traceback"] = traceback.format_exc(limit=6)
-            else:
-                record.update(status="flagged" if result["qa"]["flagged"] else "ok", shape=result["shape"],
-                              seconds=result["seconds"], qa=result["qa"], warnings=result["warnings"],
-                              value_range=result["value_range"], background_masked=result["background_masked"],
-                              dicom_output=result["dicom_output"],
-                              dicom_series_uid=result["dicom_series_uid"], gap=result["qa"].get("gap"))
-                if result.get("disagreement") is not None:  # no key without the map (--no-disagreement)
-                    record["disagreement"] = result["disagreement"]
-            finally:
-                if slices_bar is not None:
-                    slices_bar.close()
+            slices_bar = _progress(0, opts.progress, desc=job.path.name[:30], unit="slice", position=1,
+                                   leave=False)
+            record = convert_one(service, job, direction, read=None if job.problem else partial(reader.next, job.path),
+                                 progress=slices_bar)
+            if slices_bar is not None:
+                slices_bar.close()
         if record["status"] == "failed":
             msg = f"FAILED {record['error']}"
             (files_bar.write(msg) if files_bar is not None else print(msg, file=sys.stderr))
         records.append(record)
-        if on_record is not None:
-            on_record(record)
+        if opts.on_record is not None:
+            opts.on_record(record)
         if files_bar is not None:
             files_bar.update(1)
     reader.close()
     if files_bar is not None:
         files_bar.close()
-
-    summary = {
-        "direction": direction,
-        "model": {"file": info.get("file"), "sha256": info.get("sha256"),
-                  **{k: info[k] for k in ("engine", "source_sha256") if info.get(k)}},  # engines, exports only
-        "device": str(dev),
-        "rank": rank,
-        "world_size": world_size,
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "counts": status_counts(records),
-        "files": records,
-    }
-    atomic_write_json(summary_path, summary)
-    print(format_table(records), file=stream)
-    print(f"summary: {summary_path}", file=stream)
-    return 1 if summary["counts"]["failed"] else 0
+    return write_summary(plan, records, service, direction, opts.stream or sys.stdout)
 
 
 class BatchConverter:
     """`run_batch` as an object for MONAI bundle configs (e.g. the inference ``evaluator``): the arguments are
-    stored at construction and ``run()`` converts and returns the exit status. ``inputs`` may be one path; the
-    model is a ``checkpoint``, a ``network`` (with ``spec``) or a `ConversionService` (``service``)."""
+    stored at construction and ``run()`` converts and returns the exit status. ``inputs`` may be one path."""
 
     def __init__(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
-                 direction: str, checkpoint: str | os.PathLike | None = None,
-                 network: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs: Any) -> None:
+                 direction: str, model: ModelSource | ConversionService, options: BatchOptions | None = None) -> None:
         self.inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        self.output_dir, self.direction = output_dir, direction
-        self.checkpoint, self.network, self.kwargs = checkpoint, network, kwargs
+        self.output_dir, self.direction, self.model, self.options = output_dir, direction, model, options
         self.status: int | None = None
 
     def run(self) -> int:
-        generator = None if self.checkpoint is not None or "service" in self.kwargs else self.network
-        self.status = run_batch(self.inputs, self.output_dir, self.direction, checkpoint=self.checkpoint,
-                                generator=generator, **self.kwargs)
+        self.status = run_batch(self.inputs, self.output_dir, self.direction, self.model, self.options)
         return self.status
 
     __call__ = run

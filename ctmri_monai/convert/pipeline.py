@@ -173,6 +173,8 @@ def write_converted(converted: Converted, output_path: str | os.PathLike, dicom_
             dmap = write_nifti(nifti_image_like(converted.disagreement, volume, description),
                                disagreement_path(output_path, report["direction"]))
             report["disagreement"]["map"] = str(dmap)
+        else:  # a map left by an earlier conversion does not describe this output (a batch would skip the pair)
+            disagreement_path(output_path, report["direction"]).unlink(missing_ok=True)
         if dicom_output_dir is not None:
             from ctmri_monai.io.dicom_write import write_dicom_series
 
