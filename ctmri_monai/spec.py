@@ -242,6 +242,13 @@ class ModelSpec:
         self.domain(name)
         return self.training.get(name, TrainingReference())
 
+    def head_extent(self, name: str) -> float | None:
+        """The training head extent (frame px) a volume of ``name`` is framed to: "fit" models framing by the head
+        that recorded it; None frames the field of view (`ctmri_monai.transforms.spatial`)."""
+        if self.geometry.framing != "fit" or self.geometry.frame_by != "head":
+            return None
+        return self.reference(name).head_extent_px
+
     def generator_kwargs(self) -> dict[str, Any]:
         return asdict(self.network)
 
@@ -254,8 +261,8 @@ class ModelSpec:
     def describe(self) -> str:
         """One paragraph for logs and reports."""
         geometry = self.geometry
-        if not any(ref.head_extent_px for ref in self.training.values()):  # no head size to frame volumes by
-            geometry = replace(geometry, frame_by="field_of_view")
+        if geometry.frame_by == "head" and not any(self.head_extent(name) for name in ("ct", "mri")):
+            geometry = replace(geometry, frame_by="field_of_view")  # no head size to frame volumes by
         mri = self.mri.describe()
         if not self.mri.declared and self.reference("mri").landmarks():
             mri += ", then standardised onto the training landmarks (Nyul-Udupa)"

@@ -3,12 +3,14 @@
 
     python scripts/bench_convert.py             # ResNet-9 generator, 256 x 256 slices of a phantom CT volume
     python scripts/bench_convert.py --quick     # tiny generator, 32 x 32 x 8 volume: seconds on a CPU (CI)
+    python scripts/bench_convert.py --demo      # the demo's sizes: ResNet-6, ngf 16, 64 x 64 frames at 3 mm of a
+                                                # 96 x 96 x 48 phantom at 2 x 2 x 3 mm (`ctmri demo`)
 
 Four figures on the same slices, in one run:
   end_to_end   ctmri_monai.convert.pipeline.convert_volume: read NIfTI, orient, resample, window, crop/pad, generator
                over batches of slices (AMP on CUDA), QA, invert, write NIfTI; the disagreement map off;
-  end_to_end_map  the same with the disagreement map (a backward generator of the same architecture; the map's
-               three extra passes per slice, MIND, its inverse and its NIfTI), the conversion's default;
+  end_to_end_map  the same with the disagreement map (``--disagreement``: its two extra forward passes per slice,
+               MIND, its inverse onto the input's grid and its NIfTI), interleaved with end_to_end round by round;
   forward      the generator alone on the preprocessed slices already on the device, same batch size and AMP;
   baseline     the generator alone, one slice at a time in fp32 (the reference implementation's way).
 The generator has random weights unless --checkpoint is given (speed does not depend on the weights).
@@ -57,15 +59,20 @@ from ctmri_monai.apps.benchmarking import (
 )
 from ctmri_monai.utils.amp import autocast, autocast_dtype
 
-FULL = {"image_size": 256, "ngf": 64, "n_blocks": 9, "num_downs": 8}
-QUICK = {"image_size": 32, "ngf": 4, "n_blocks": 1, "num_downs": 5}
+# image_size px frames at pixdim mm; the phantom: in-plane pixels and its (x, y, z) spacing in mm.
+FULL = {"image_size": 256, "ngf": 64, "n_blocks": 9, "num_downs": 8, "pixdim": 1.0, "phantom": (256, (1.0, 1.0, 4.0))}
+QUICK = {"image_size": 32, "ngf": 4, "n_blocks": 1, "num_downs": 5, "pixdim": 1.0, "phantom": (32, (1.0, 1.0, 4.0))}
+DEMO = {"image_size": 64, "ngf": 16, "n_blocks": 6, "num_downs": 6, "pixdim": 3.0, "phantom": (96, (2.0, 2.0, 3.0)),
+        "name": "ResNet-6, ngf 16 (the demo's)", "slices": 48}
 
 
-def write_phantom_ct(folder: Path, size: int, slices: int) -> Path:
-    """A phantom head CT (int16 HU) of size x size x slices at 1 mm in-plane, so the grid needs no resampling."""
+def write_phantom_ct(folder: Path, spec: dict[str, Any], slices: int) -> Path:
+    """A phantom head CT (int16 HU) of ``slices`` slices at the spec's phantom size and spacing (FULL, QUICK: at
+    the contract's 1 mm, so the grid needs no resampling)."""
     from ctmri_monai.phantoms import make_subject
 
-    subject = make_subject(0, seed=0, shape=(size, size, slices), spacing=(1.0, 1.0, 4.0))
+    px, spacing = spec["phantom"]
+    subject = make_subject(0, seed=0, shape=(px, px, slices), spacing=spacing)
     path = folder / "phantom_ct.nii.gz"
     nib.save(nib.Nifti1Image(subject.ct.astype(np.int16), subject.affine), path)
     return path
@@ -82,23 +89,24 @@ def build_generator(args: argparse.Namespace, spec: dict[str, Any], device: torc
 
     torch.manual_seed(0 if direction == "ct2mri" else 1)
     net = define_generator(args.backbone, ngf=spec["ngf"], n_blocks=spec["n_blocks"], num_downs=spec["num_downs"])
-    name = {"resnet": "ResNet-9", "unet": "U-Net-256"}[args.backbone] if not args.quick else f"tiny {args.backbone}"
+    name = spec.get("name") or ({"resnet": "ResNet-9", "unet": "U-Net-256"}[args.backbone] if not args.quick
+                                else f"tiny {args.backbone}")
     return net.to(device).eval(), f"{name}, random weights"
 
 
-def contract(image_size: int) -> Any:
-    """A volumes-trained model's contract at 1 mm: the phantom volume needs no resampling."""
+def contract(spec: dict[str, Any]) -> Any:
+    """A volumes-trained model's contract: ``image_size`` frames at ``pixdim`` mm."""
     from ctmri_monai.spec import ModelSpec, SliceGeometry
 
-    return ModelSpec(geometry=SliceGeometry(image_size=image_size, pixdim=(1.0, 1.0)))
+    return ModelSpec(geometry=SliceGeometry(image_size=spec["image_size"], pixdim=(spec["pixdim"],) * 2))
 
 
-def preprocessed_slices(path: Path, image_size: int, device: torch.device) -> torch.Tensor:
+def preprocessed_slices(path: Path, spec: dict[str, Any], device: torch.device) -> torch.Tensor:
     """The conversion's own preprocessing of ``path``, as (D, 1, S, S) slices on ``device``."""
     from ctmri_monai.io import load_volume
     from ctmri_monai.transforms import volume_pipeline
 
-    x = volume_pipeline(contract(image_size), "ct")({"image": load_volume(path).image})["image"]
+    x = volume_pipeline(contract(spec), "ct")({"image": load_volume(path).image})["image"]
     return x.as_tensor()[0].permute(2, 0, 1).unsqueeze(1).contiguous().to(device)
 
 
@@ -121,6 +129,7 @@ def time_forward(net: nn.Module, slices: torch.Tensor, batch_size: int, amp_dtyp
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny generator and volume: seconds on a CPU")
+    p.add_argument("--demo", action="store_true", help="the demo's generator and phantom size")
     p.add_argument("--backbone", default="resnet", choices=["resnet", "unet"])
     p.add_argument("--checkpoint", default=None, help="use this checkpoint's CT->MRI generator")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
@@ -151,17 +160,17 @@ def main_engines(args: argparse.Namespace) -> int:
     from ctmri_monai.engines.runtimes import ENGINES, engine_for_module
 
     device = torch.device("cpu")
-    spec = dict(QUICK if args.quick else FULL)
+    spec = dict(QUICK if args.quick else DEMO if args.demo else FULL)
     size, depth = spec["image_size"], args.slices or (4 if args.quick else 8)
     net, model = build_generator(args, spec, device)
     machine = machine_info(device)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        volume = write_phantom_ct(Path(tmp), size, depth)
-        slices = preprocessed_slices(volume, size, device)
+        volume = write_phantom_ct(Path(tmp), spec, depth)
+        slices = preprocessed_slices(volume, spec, device)
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            engines = {name: engine_for_module(net, contract(size), name, threads) for name in ENGINES}
+            engines = {name: engine_for_module(net, contract(spec), name, threads) for name in ENGINES}
             for batch in (1, 4):
                 seconds = {(name, kind): 0.0 for name in ENGINES for kind in ("end_to_end", "forward")}
                 for engine in engines.values():  # untimed warm-up: first calls, compilation, allocator
@@ -169,7 +178,7 @@ def main_engines(args: argparse.Namespace) -> int:
                 for r in range(args.rounds):
                     for name, engine in engines.items():
                         t0 = time.perf_counter()
-                        convert_volume(volume, Path(tmp) / f"out{r}.nii.gz", engine, contract(size), "ct", "mri",
+                        convert_volume(volume, Path(tmp) / f"out{r}.nii.gz", engine, contract(spec), "ct", "mri",
                                        batch_size=batch, device=device, amp=False, disagreement=False)
                         seconds[(name, "end_to_end")] += time.perf_counter() - t0
                         seconds[(name, "forward")] += time_engine_forward(engine, slices, batch)
@@ -208,15 +217,23 @@ def _batch_rate(convert: Any, files: int) -> dict[str, Any]:
             "convert_s_per_file": sum(seconds) / files}
 
 
-def _on_record(run: Any, inputs: list[Path], out: Path, ckpt: Path, common: dict, on_record: Any) -> int:
-    return run(inputs, out, "ct2mri", ckpt, on_record=on_record, **common)
+def _on_record(workers: int | None, inputs: list[Path], out: Path, ckpt: Path, on_record: Any) -> int:
+    """One batch through a single process (``workers`` None) or a LocalCluster of ``workers``."""
+    from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
+    from ctmri_monai.convert.cluster.args import ClusterSpec
+    from ctmri_monai.convert.cluster.run import run_cluster_batch
+
+    common = {"progress": False, "overwrite": True, "stream": open(os.devnull, "w"), "on_record": on_record}
+    model = ModelSource(checkpoint=ckpt)
+    if workers is None:
+        options = BatchOptions(convert=ConvertOptions.for_run("cpu", model=ckpt), **common)
+        return run_batch(inputs, out, "ct2mri", model, options)
+    return run_cluster_batch(inputs, out, "ct2mri", model, ClusterSpec(workers=workers), BatchOptions(**common),
+                             request={"device": "cpu"})
 
 
 def main_workers(args: argparse.Namespace) -> int:
     """The --workers mode (module docstring)."""
-    from ctmri_monai.convert.batch import run_batch
-    from ctmri_monai.convert.cluster.args import ClusterSpec
-    from ctmri_monai.convert.cluster.run import run_cluster_batch
     from ctmri_monai.io.checkpoint_file import atomic_torch_save
     from ctmri_monai.networks import define_generator
     from ctmri_monai.phantoms.render import make_subject
@@ -238,13 +255,11 @@ def main_workers(args: argparse.Namespace) -> int:
                 for d in ("ct2mri", "mri2ct")}
         ckpt = root / "small.pt"
         atomic_torch_save(data | {"model_spec": spec.state_dict()}, ckpt)
-        common = {"device": "cpu", "progress": False, "overwrite": True, "stream": open(os.devnull, "w")}
         modes = [("single process", 1, None)] + [(f"dask {n} worker(s)", n, n)
                                                  for n in map(int, args.workers.split(","))]
         for name, n, workers in modes:
             out = root / name.replace(" ", "_")
-            run = run_batch if workers is None else partial(run_cluster_batch, cluster=ClusterSpec(workers=workers))
-            row = _batch_rate(partial(_on_record, run, [root / "in"], out, ckpt, common), args.files)
+            row = _batch_rate(partial(_on_record, workers, [root / "in"], out, ckpt), args.files)
             overhead = row["steady_s"] * n / (args.files - 1) - row["convert_s_per_file"]
             rows.append({"mode": name, "workers": n, **row, "overhead_s_per_file": overhead,
                          "overhead_pct": 100 * overhead / row["convert_s_per_file"]})
@@ -273,37 +288,40 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    spec = dict(QUICK if args.quick else FULL)
-    depth = args.slices or (8 if args.quick else 256 if cuda else 32)
+    spec = dict(QUICK if args.quick else DEMO if args.demo else FULL)
+    depth = args.slices or spec.get("slices") or (8 if args.quick else 256 if cuda else 32)
     batch = args.batch_size or (64 if cuda else 16)
     repeats = args.repeats or (5 if cuda else 1)
     amp_dtype = autocast_dtype(device, args.amp)
     machine = machine_info(device)
     net, model = build_generator(args, spec, device)
-    backward, _ = build_generator(args, spec, device, "mri2ct")
     size = spec["image_size"]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        volume = write_phantom_ct(Path(tmp), size, depth)
-        slices = preprocessed_slices(volume, size, device)
+        volume = write_phantom_ct(Path(tmp), spec, depth)
+        slices = preprocessed_slices(volume, spec, device)
         n = len(slices)
         with torch.no_grad(), FlopCount() as flops:
             net(slices[:1])
         flops_per_slice = int(flops.total or 0)
 
         def run_e2e(i: int, with_map: bool) -> dict[str, Any]:
-            return convert_volume(volume, Path(tmp) / f"out{i}.nii.gz", net, contract(size), "ct", "mri",
-                                  batch_size=batch, device=device, amp=args.amp, disagreement=with_map,
-                                  backward=backward if with_map else None)
+            return convert_volume(volume, Path(tmp) / f"out{i}.nii.gz", net, contract(spec), "ct", "mri",
+                                  batch_size=batch, device=device, amp=args.amp, disagreement=with_map)
 
         run_e2e(-1, True)  # warm-up: first calls, allocator, cuDNN autotuning
-        for variant, with_map in (("end_to_end", False), ("end_to_end_map", True)):
-            reset_peak_memory(device)
-            t0 = time.perf_counter()
-            results = [run_e2e(i, with_map) for i in range(repeats)]
-            seconds = time.perf_counter() - t0
+        variants = {"end_to_end": False, "end_to_end_map": True}
+        rounds_of, results_of = {v: [] for v in variants}, {v: [] for v in variants}
+        reset_peak_memory(device)
+        for i in range(repeats):  # interleaved: both variants see the same load on a shared machine
+            for variant, with_map in variants.items():
+                t0 = time.perf_counter()
+                results_of[variant].append(run_e2e(i, with_map))
+                rounds_of[variant].append(time.perf_counter() - t0)
+        for variant, results in results_of.items():
             timings = {k: sum(r["timings"][k] for r in results) / repeats for k in results[0]["timings"]}
-            rows.append({"variant": variant, "batch_size": batch, "amp_dtype": amp_dtype, "seconds": seconds,
+            rows.append({"variant": variant, "batch_size": batch, "amp_dtype": amp_dtype,
+                         "seconds": sum(rounds_of[variant]), "round_seconds": rounds_of[variant],
                          "timings_per_volume_s": timings,
                          "peak_memory_bytes": peak_memory(device)[0] if cuda else None})
         for variant, b, dtype in (("forward", batch, amp_dtype), ("baseline_fp32_b1", 1, None)):
@@ -331,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         notes.append("peak_memory_bytes: torch.cuda.max_memory_allocated per variant")
     memory, kind = peak_memory(torch.device("cpu"))
-    report = {"benchmark": "convert", "quick": args.quick, "machine": machine,
+    # end_to_end_map over end_to_end: the median of the rounds' ratios (each round runs both, back to back)
+    map_cost = float(np.median(np.divide(rows[1]["round_seconds"], rows[0]["round_seconds"])))
+    report = {"benchmark": "convert", "quick": args.quick, "demo": args.demo, "map_cost_ratio": map_cost,
+              "machine": machine,
               "settings": {"model": model, "image_size": size, "volume_shape": [size, size, depth],
                            "slices": n, "batch_size": batch, "repeats": repeats, "amp": args.amp},
               "flops_per_slice": flops_per_slice, "process_peak_rss_bytes": memory, "results": rows, "notes": notes}
@@ -345,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows[:2]:
         print(f"{row['variant']}, seconds per volume: "
               + ", ".join(f"{k} {v:.2f}" for k, v in row["timings_per_volume_s"].items()))
-    print(f"written: {path}")
+    print(f"with the map / without: {map_cost:.2f} x end to end (median of {repeats} interleaved rounds); "
+          f"written: {path}")
     return 0
 
 

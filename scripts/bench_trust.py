@@ -8,9 +8,8 @@
 Part 1, planted errors (no training): phantom heads converted by the tissue oracle fitted on their own pair
 (`ctmri_monai.phantoms.oracle`), with a hallucination, a deletion and a misplacement planted into the output
 (`ctmri_monai.phantoms.plant`, repeated consistently under flips and shifts), scored with every signal and
-combination of `ctmri_monai.engines.disagreement`: voxel AUROC inside the head and flagged-region Dice against the
-planted region, with the honest backward oracle and with a steganographic one (Chu et al. 2017). This table
-decided the map's combination.
+combination of `ctmri_monai.phantoms.trust.VARIANTS`: voxel AUROC inside the head and flagged-region Dice against
+the planted region, for an honest output and for one that hides its input (Chu et al. 2017).
 
 Part 2, real mistakes: `make-phantoms --lesions` (CT domain: bleeds only; MRI domain: masses only; held-out
 subjects paired), the default bundle and ``--lambda_structure 0`` trained on one time budget each, the held-out
@@ -55,7 +54,7 @@ GEOMETRY = {False: ((64, 64, 24), (3.0, 3.0, 6.0), 12), True: ((32, 32, 12), (6.
 
 # ------------------------------------------------------------------------------------------ part 1: planted
 def planted_table(subjects: int, quick: bool) -> dict[str, Any]:
-    """Mean (and worst) AUROC and Dice of every variant, kind, direction and backward generator; clean shares."""
+    """Mean (and worst) AUROC and Dice of every variant, kind, direction, honest or hidden copy; clean shares."""
     from ctmri_monai.phantoms import make_subject
     from ctmri_monai.phantoms.trust import VARIANTS as COMBINATIONS
     from ctmri_monai.phantoms.trust import clean_share, planted_scores
@@ -94,12 +93,12 @@ def save_picture(path: Path) -> Path:
     from ctmri_monai.transforms.mask import head_mask
 
     phantom = make_subject(1, 0, (64, 64, 16), (3.0, 3.0, 8.0))
-    x, y, _, forward, backward = oracle_conversion(phantom, "ct2mri")
+    x, y, _, forward, _ = oracle_conversion(phantom, "ct2mri")
     head = head_mask(x)
     rows = []
     for planted, region in plant_cases(y, phantom.labels).values():
-        dmap = disagreement_map(x, planted, ConsistentMistake(forward, x, planted - y), backward, "ct2mri",
-                                head=head, amp=False).map
+        dmap = disagreement_map(x, planted, ConsistentMistake(forward, x, planted - y), "ct2mri", head=head,
+                                amp=False).map
         k = int(np.argmax(region.sum(axis=(0, 1))))
         def view(a: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(a[::-1, ::-1].T)  # RAS -> radiological display
@@ -152,21 +151,20 @@ def score_conversion(ckpt: Path, data: Path, name: str, direction: str) -> dict[
     import torch
 
     from ctmri_monai.engines.disagreement import disagreement_map
-    from ctmri_monai.engines.slices import translate_volume
+    from ctmri_monai.engines.slices import SliceRun, translate_volume
     from ctmri_monai.io.volume import load_volume
     from ctmri_monai.metrics.flagged import flag_mask, voxel_auroc
     from ctmri_monai.networks.loading import load_generator
     from ctmri_monai.phantoms.trust import VARIANTS as COMBINATIONS
-    from ctmri_monai.phantoms.trust import variant_map
+    from ctmri_monai.phantoms.trust import benchmark_signals, variant_map
     from ctmri_monai.transforms.pipelines import volume_pipeline
 
     source, target = direction.split("2")
     forward, info = load_generator(ckpt, direction)
-    backward, _ = load_generator(ckpt, f"{target}2{source}")
     spec = info["spec"]
     path = data / "heldout" / source / f"{name}.nii.gz"
     image = load_volume(path).image
-    tr = translate_volume(path, image, forward, spec, source, target, amp=False)
+    tr = translate_volume(path, image, forward, spec, source, target, SliceRun(amp=False))
     if np.corrcoef(_frames_of(np.asarray(image[0])).ravel(), tr.source_unit.ravel())[0, 1] < 0.9:
         raise RuntimeError(f"{name}: the frames are not the volume's own grid; the labels cannot be placed")
     true_image = load_volume(data / "heldout" / target / f"{name}.nii.gz").image
@@ -174,14 +172,16 @@ def score_conversion(ckpt: Path, data: Path, name: str, direction: str) -> dict[
     labels = _frames_of(np.asarray(load_volume(data / "volumes" / "labels" / f"{name}.nii.gz").image[0]))
     if true.shape != tr.fake_unit.shape or labels.shape != true.shape:
         raise RuntimeError(f"{name}: frames {tr.fake_unit.shape}, counterpart {true.shape}, labels {labels.shape}")
+    head, run = tr.source_mask, {"context": spec.geometry.context_slices, "amp": False}
     start = time.perf_counter()
     with torch.no_grad():
-        result = disagreement_map(tr.source_unit, tr.fake_unit, forward, backward, direction, head=tr.source_mask,
-                                  context=spec.geometry.context_slices, amp=False)
-    seconds = time.perf_counter() - start
-    head = tr.source_mask
+        result = disagreement_map(tr.source_unit, tr.fake_unit, forward, direction, head=head, **run)
+        seconds = time.perf_counter() - start
+        signals = benchmark_signals(tr.source_unit, tr.fake_unit, forward, **run)
     error = (np.abs(tr.fake_unit - true) > ERROR_THRESHOLD) & head
-    maps = {"map": result.map, **{k: variant_map(result.signals, k, direction, head) for k in COMBINATIONS}}
+    maps = {k: variant_map(signals, k, direction, head) for k in COMBINATIONS}
+    if not np.array_equal(maps["map"], result.map):
+        raise RuntimeError(f"{name}: the benchmark's map is not the conversion's")
 
     def aurocs(truth: np.ndarray) -> dict[str, float]:
         return {k: round(voxel_auroc(v, truth, head), 3) for k, v in maps.items()}
@@ -201,8 +201,8 @@ def score_conversion(ckpt: Path, data: Path, name: str, direction: str) -> dict[
         "lesion_voxels": int(lesion.sum()), "lesion_wrong": wrong,
         "lesion_flagged": bool(lesion.any() and flagged[lesion].mean() >= LESION_FLAGGED),
         "error_components": len(big), "error_components_flagged": sum(bool(flagged[comps == i].any()) for i in big),
-        "map_seconds": round(seconds, 2), "conversion_inference_seconds": tr.timings.get("inference"),
-        "slices": int(head.shape[2]),
+        "map_seconds": round(seconds, 2), "map_passes": result.passes,
+        "conversion_inference_seconds": tr.timings.get("inference"), "slices": int(head.shape[2]),
     }
 
 

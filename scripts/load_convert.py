@@ -89,7 +89,7 @@ def second_half_trend(values: list[float]) -> tuple[float, float, float]:
 def run(n: int = 200, shape: tuple[int, int, int] = (48, 48, 16), image_size: int = 256,
         output_dir: str | os.PathLike | None = None, batch_size: int = 16) -> dict[str, Any]:
     """Make the volumes, convert them in one batch, return the figures."""
-    from ctmri_monai.convert import run_batch
+    from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
     from ctmri_monai.spec import ModelSpec, SliceGeometry
 
     work = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="load_convert_"))
@@ -108,8 +108,9 @@ def run(n: int = 200, shape: tuple[int, int, int] = (48, 48, 16), image_size: in
     reset_peak_rss()  # the peak below is the conversion's, not the making of the inputs
     start = rss_mb()
     t0 = time.perf_counter()
-    status = run_batch(inputs, work / "outputs", "ct2mri", generator=generator, batch_size=batch_size,
-                       device="cpu", progress=False, model_info=info, stream=io.StringIO(), on_record=on_record)
+    options = BatchOptions(convert=ConvertOptions.for_run("cpu", batch_size=batch_size), progress=False,
+                           stream=io.StringIO(), on_record=on_record)
+    status = run_batch(inputs, work / "outputs", "ct2mri", ModelSource(generator=generator, model_info=info), options)
     seconds = time.perf_counter() - t0
     slope, growth, floor = second_half_trend(samples)
     return {

@@ -30,6 +30,7 @@ from pydicom.encaps import encapsulate
 from test_convert import Identity, head_hu, leftovers, save_nifti, write_ct_series
 
 from ctmri_monai.convert import add_convert_arguments, convert_volume, main_convert, run_batch
+from ctmri_monai.convert.options import BatchOptions, ConvertOptions, ModelSource
 from ctmri_monai.data import build_unpaired_dataset, spec_for_dataset
 from ctmri_monai.handlers.checkpoint import ResumeHandler, latest_checkpoint
 from ctmri_monai.io import (
@@ -301,9 +302,9 @@ def test_conversion_refuses_bad_input_and_the_batch_goes_on(tmp_path: Path, case
     assert not (tmp_path / "direct.nii.gz").exists() and not (tmp_path / "qa").exists()
 
     out = tmp_path / "out"
-    status = run_batch([bad, good], out, "ct2mri", generator=Identity(), spec=make_spec(S),
-                       device="cpu", progress=False,
-                       model_info=INFO)
+    status = run_batch([bad, good], out, "ct2mri",
+                       ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                       BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False))
     assert status == 1
     records = _records(out)
     assert records["good.nii.gz"]["status"] == "ok"
@@ -352,14 +353,15 @@ def test_two_series_error_lists_them_and_series_uid_picks_one(tmp_path: Path) ->
     uids = {pydicom.dcmread(f, stop_before_pixels=True).SeriesDescription: pydicom.dcmread(f).SeriesInstanceUID
             for f in folder.iterdir()}
     out = tmp_path / "out"
-    assert run_batch([folder], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
-                     model_info=INFO) == 1
+    assert run_batch([folder], out, "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                     BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False)) == 1
     error = _records(out)["two_series"]["error"]
     for description, uid in uids.items():
         assert f"{uid}  CT  '{description}'" in error
     assert "--series-uid" in error
-    status = run_batch([folder], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
-                       model_info=INFO, series_uid=uids["axial bone"])
+    status = run_batch([folder], out, "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                       BatchOptions(convert=ConvertOptions.for_run("cpu", series_uid=uids["axial bone"]),
+                                    progress=False))
     assert status == 0 and nib.load(out / "two_series_ct2mri.nii.gz").shape == (20, 18, 3)
 
 
@@ -405,9 +407,9 @@ def test_volume_over_max_voxels_fails_alone_in_a_batch(tmp_path: Path, kind: str
         big = data / "big.mha"
         sitk.WriteImage(sitk.GetImageFromArray(big_hu.transpose(2, 1, 0)), str(big))
     out = tmp_path / "out"
-    status = run_batch([big, small], out, "ct2mri", generator=Identity(), spec=make_spec(S),
-                       device="cpu", progress=False,
-                       model_info=INFO, max_voxels=1000)
+    status = run_batch([big, small], out, "ct2mri",
+                       ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                       BatchOptions(convert=ConvertOptions.for_run("cpu", max_voxels=1000), progress=False))
     records = _records(out)
     assert status == 1 and records["small.nii.gz"]["status"] == "ok"
     assert records[big.name]["error"] == (
@@ -673,8 +675,8 @@ def test_disk_full_while_writing_one_output(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(nib, "save", save)
     out = tmp_path / "out"
-    assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
-                     model_info=INFO) == 1
+    assert run_batch([data], out, "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                     BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False)) == 1
     records = _records(out)
     assert [records[n]["status"] for n in ("a.nii.gz", "b.nii.gz", "c.nii.gz")] == ["ok", "failed", "ok"]
     error = records["b.nii.gz"]["error"]
@@ -688,8 +690,8 @@ def test_disk_full_while_writing_one_output(tmp_path: Path, monkeypatch: pytest.
 def test_disk_full_at_rename_keeps_the_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _three_volumes(tmp_path)
     out = tmp_path / "out"
-    assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
-                     model_info=INFO) == 0
+    assert run_batch([data], out, "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                     BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False)) == 0
     before = (out / "b_ct2mri.nii.gz").read_bytes()
     real_replace = os.replace
 
@@ -699,9 +701,8 @@ def test_disk_full_at_rename_keeps_the_previous_output(tmp_path: Path, monkeypat
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S),
-                     device="cpu", progress=False, model_info=INFO,
-                     overwrite=True) == 1
+    assert run_batch([data], out, "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                     BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False, overwrite=True)) == 1
     assert "No space left on device" in _records(out)["b.nii.gz"]["error"]
     assert (out / "b_ct2mri.nii.gz").read_bytes() == before
     assert _no_partial_files(tmp_path) == []
@@ -713,9 +714,8 @@ def test_disk_full_while_writing_a_dicom_series(tmp_path: Path, monkeypatch: pyt
     save_nifti(data / "plain.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
     fail_dicom_write_at(monkeypatch, 3)
     out = tmp_path / "out"
-    assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S),
-                     device="cpu", progress=False, model_info=INFO,
-                     dicom=True) == 1
+    assert run_batch([data], out, "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                     BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False, dicom=True)) == 1
     records = _records(out)
     assert records["plain.nii.gz"]["status"] == "ok" and records["series"]["status"] == "failed"
     assert "series_ct2mri_dicom: cannot write output (OSError: No space left on device)" in records["series"]["error"]
@@ -744,7 +744,8 @@ def _checkpoint(path: Path, spec: ModelSpec | None = None, weights_spec: ModelSp
 
 def _convert_with(ckpt: Path, tmp_path: Path) -> None:
     src = save_nifti(tmp_path / "ct.nii.gz", head_hu(GOOD_SHAPE), np.eye(4))
-    run_batch([src], tmp_path / "out", "ct2mri", checkpoint=ckpt, device="cpu", progress=False)
+    run_batch([src], tmp_path / "out", "ct2mri", ModelSource(checkpoint=ckpt),
+              BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False))
 
 
 @pytest.mark.parametrize("case", ["backbone", "channels"])

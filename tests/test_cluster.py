@@ -26,10 +26,12 @@ from ctmri_monai.convert.cluster.args import ClusterSpec
 from ctmri_monai.convert.cluster.connect import open_cluster
 from ctmri_monai.convert.cluster.run import run_cluster_batch
 from ctmri_monai.convert.cluster.worker import ModelMismatchError, ModelRef, convert_task
+from ctmri_monai.convert.options import BatchOptions, ModelSource
 from ctmri_monai.utils.distributed import free_port
 from ctmri_monai.utils.hashing import file_sha256
 
 VOLUMES = 6
+CPU = {"device": "cpu"}  # what each worker passes ConvertOptions.for_run
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
@@ -136,8 +138,9 @@ def _victim(records: list[dict], killed: dict) -> list[dict]:
 
 def test_a_worker_killed_mid_volume_costs_only_time(batch: dict[str, Path]) -> None:
     out, killed = batch["root"] / "killed", {}
-    status = run_cluster_batch([batch["inputs"]], out, "ct2mri", batch["ckpt"], ClusterSpec(workers=2),
-                               device="cpu", progress=False, on_record=_killer(killed))
+    status = run_cluster_batch([batch["inputs"]], out, "ct2mri", ModelSource(checkpoint=batch["ckpt"]),
+                               ClusterSpec(workers=2), BatchOptions(progress=False, on_record=_killer(killed)),
+                               request=CPU)
     assert status == 0 and killed
     _assert_same_outputs(out, batch["single"])
     records = _summary(out)["files"]
@@ -149,8 +152,9 @@ def test_a_worker_killed_mid_volume_costs_only_time(batch: dict[str, Path]) -> N
 def test_a_file_that_kills_every_worker_is_reported_not_retried_for_ever(batch: dict[str, Path]) -> None:
     out, killed = batch["root"] / "killer", {}
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # the first death is every allowed one
-        status = run_cluster_batch([batch["inputs"]], out, "ct2mri", batch["ckpt"], ClusterSpec(workers=2),
-                                   device="cpu", progress=False, on_record=_killer(killed))
+        status = run_cluster_batch([batch["inputs"]], out, "ct2mri", ModelSource(checkpoint=batch["ckpt"]),
+                               ClusterSpec(workers=2), BatchOptions(progress=False, on_record=_killer(killed)),
+                               request=CPU)
     assert status == 1 and killed
     records = _summary(out)["files"]
     victim = _victim(records, killed)
@@ -174,8 +178,9 @@ def test_a_corrupt_file_fails_alone_and_is_not_retried(batch: dict[str, Path]) -
                 lambda dask_scheduler: sum(name in str(t[0]) and t[2] == "processing"
                                            for t in dask_scheduler.transition_log))
 
-    status = run_cluster_batch([*good[:2], bad, good[2]], out, "ct2mri", batch["ckpt"], ClusterSpec(workers=2),
-                               device="cpu", progress=False, on_record=count_attempts)
+    status = run_cluster_batch([*good[:2], bad, good[2]], out, "ct2mri", ModelSource(checkpoint=batch["ckpt"]),
+                               ClusterSpec(workers=2), BatchOptions(progress=False, on_record=count_attempts),
+                               request=CPU)
     assert status == 1
     records = _summary(out)["files"]
     assert [r["status"] for r in records].count("failed") == 1 and records[2]["status"] == "failed"
@@ -199,7 +204,6 @@ def test_an_unreachable_scheduler_is_a_named_error(batch: dict[str, Path], capsy
 
 def test_a_worker_refuses_a_checkpoint_that_is_not_the_clients(batch: dict[str, Path], tmp_path: Path) -> None:
     from ctmri_monai.convert.batch import FileJob
-    from ctmri_monai.convert.options import ConvertOptions
 
     ckpt = write_tiny_checkpoint(tmp_path / "model.pt")
     other = write_tiny_checkpoint(tmp_path / "other.pt", pixdim=(5.0, 5.0))  # same architecture, other bytes
@@ -209,7 +213,7 @@ def test_a_worker_refuses_a_checkpoint_that_is_not_the_clients(batch: dict[str, 
     (tmp_path / "out").mkdir()
 
     def ref(sha256: str) -> ModelRef:
-        return ModelRef(str(ckpt), sha256, "ct2mri", ConvertOptions(device="cpu"), 1)
+        return ModelRef(str(ckpt), sha256, "ct2mri", (("batch_size", 1), ("device", "cpu")))
 
     with open_cluster(ClusterSpec(workers=1)) as client:
         refused = client.submit(convert_task, ref(file_sha256(other)), job, pure=False)

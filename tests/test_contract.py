@@ -207,9 +207,10 @@ def test_a_model_without_a_known_ct_window_is_refused_and_an_override_is_logged(
     args = ["convert", "--direction", "ct2mri", "--checkpoint", str(unknown), "--output-dir", str(tmp_path / "o"),
             "--device", "cpu", "--no-progress"]
     with pytest.raises(ContractError, match=r"CT window is unknown.*--ct-window LO HI"):
-        from ctmri_monai.convert import run_batch
+        from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
 
-        run_batch([ct], tmp_path / "o", "ct2mri", checkpoint=unknown, device="cpu", progress=False)
+        run_batch([ct], tmp_path / "o", "ct2mri", ModelSource(checkpoint=unknown),
+                  BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False))
     assert ctmri([*args, ct]) == 2 and not (tmp_path / "o").exists()
     with caplog.at_level(logging.WARNING):
         assert ctmri([*args, "--ct-window", "-20", "100", ct]) == 0
@@ -250,13 +251,14 @@ def test_background_masking_writes_air_outside_the_head(phantoms, model, tmp_pat
 
     from scipy import ndimage
 
-    from ctmri_monai.convert import run_batch
+    from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
 
     air = ndimage.binary_erosion(np.asarray(nib.load(ct).dataobj) < -500, iterations=2)  # well away from the head
     for masked in (True, False):
         out = tmp_path / f"masked_{masked}"
-        assert run_batch([ct], out, "ct2mri", generator=halo, spec=spec, device="cpu", progress=False,
-                         mask_background=masked) in (0, 1)
+        assert run_batch([ct], out, "ct2mri", ModelSource(generator=halo, spec=spec),
+                         BatchOptions(convert=ConvertOptions.for_run("cpu", mask_background=masked),
+                                      progress=False)) in (0, 1)
         data = np.asarray(nib.load(out / f"{name}_ct2mri.nii.gz").dataobj)
         record = json.loads((out / "summary.json").read_text())["files"][0]
         assert record["background_masked"] is masked
@@ -276,10 +278,10 @@ def test_qa_tells_tissue_invented_in_empty_slices_from_changed_anatomy(phantoms,
         empty = (x[:, :1] > -0.8).flatten(1).sum(1) == 0
         return torch.where(empty[:, None, None, None], torch.full_like(x[:, :1], 0.3), x[:, :1])
 
-    from ctmri_monai.convert import run_batch
+    from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
 
-    assert run_batch([src], tmp_path / "out", "ct2mri", generator=invents_in_empty_slices, spec=spec, device="cpu",
-                     progress=False) == 0
+    assert run_batch([src], tmp_path / "out", "ct2mri", ModelSource(generator=invents_in_empty_slices, spec=spec),
+                     BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False)) == 0
     record = json.loads((tmp_path / "out" / "summary.json").read_text())["files"][0]
     qa = record["qa"]
     depth = hu.shape[2]

@@ -17,6 +17,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ctmri_monai.convert import (
+    BatchOptions,
+    ConvertOptions,
+    ModelSource,
     add_convert_arguments,
     collect_inputs,
     consistency_report,
@@ -505,8 +508,8 @@ def test_batch_goes_on_after_a_bad_file_and_skips_finished_outputs(tmp_path: Pat
     data = _batch_inputs(tmp_path)
     out = tmp_path / "out"
     info = {"file": "m.pt", "sha256": "f" * 64, "model_spec": {"image_size": S}}
-    status = run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), batch_size=3, device="cpu",
-                       progress=False, dicom=True, model_info=info)
+    status = run_batch([data], out, "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S), model_info=info),
+                       BatchOptions(convert=ConvertOptions.for_run("cpu", batch_size=3), progress=False, dicom=True))
     assert status == 1
     summary = json.loads((out / "summary.json").read_text())
     by_name = {Path(r["file"]).name: r for r in summary["files"]}
@@ -526,9 +529,10 @@ def test_batch_goes_on_after_a_bad_file_and_skips_finished_outputs(tmp_path: Pat
     assert "failed" in table and "broken.nii.gz" in table
 
     before = (out / "a_ct2mri.nii.gz").stat().st_mtime_ns
-    status = run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S),
-                       device="cpu", progress=False, dicom=True,
-                       model_info={"model_spec": {"image_size": S}})
+    status = run_batch([data], out, "ct2mri",
+                       ModelSource(generator=Identity(), spec=make_spec(S),
+                                   model_info={"model_spec": {"image_size": S}}),
+                       BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False, dicom=True))
     assert status == 1
     again = {Path(r["file"]).name: r for r in json.loads((out / "summary.json").read_text())["files"]}
     assert [again[n]["status"] for n in ("a.nii.gz", "b.nii", "series1", "broken.nii.gz")] == [
@@ -537,8 +541,10 @@ def test_batch_goes_on_after_a_bad_file_and_skips_finished_outputs(tmp_path: Pat
     assert (out / "a_ct2mri.nii.gz").stat().st_mtime_ns == before
 
     (data / "broken.nii.gz").unlink()
-    status = run_batch([data], out, "ct2mri", generator=BlankHalf(), spec=make_spec(S), device="cpu", progress=False,
-                       overwrite=True, model_info={"model_spec": {"image_size": S}})
+    status = run_batch([data], out, "ct2mri",
+                       ModelSource(generator=BlankHalf(), spec=make_spec(S),
+                                   model_info={"model_spec": {"image_size": S}}),
+                       BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False, overwrite=True))
     assert status == 0
     final = json.loads((out / "summary.json").read_text())
     assert final["counts"]["flagged"] == 3 and (out / "qa" / "a_ct2mri_qa.png").exists()
@@ -551,8 +557,9 @@ def test_ranks_convert_disjoint_shares_of_one_batch(tmp_path: Path) -> None:
     out = tmp_path / "out"
     info = {"model_spec": {"image_size": S}}
     for rank in (0, 1):
-        assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
-                         model_info=info, rank=rank, world_size=2) == 0
+        assert run_batch([data], out, "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S), model_info=info),
+                         BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False, rank=rank,
+                                      world_size=2)) == 0
     summaries = [json.loads((out / f"summary_rank{r}.json").read_text()) for r in (0, 1)]
     done = [[Path(rec["file"]).name for rec in s["files"]] for s in summaries]
     assert sorted(done[0] + done[1]) == ["a.nii.gz", "b.nii", "series1"] and all(done)
@@ -577,8 +584,11 @@ def test_read_ahead_loads_the_next_file_while_one_converts(tmp_path: Path, monke
     results = {}
     for read_ahead in (True, False):
         out = tmp_path / f"out_{read_ahead}"
-        assert run_batch([data], out, "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu", progress=False,
-                         model_info={"model_spec": {"image_size": S}}, read_ahead=read_ahead) == 1
+        assert run_batch([data], out, "ct2mri",
+                         ModelSource(generator=Identity(), spec=make_spec(S),
+                                     model_info={"model_spec": {"image_size": S}}),
+                         BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False,
+                                      read_ahead=read_ahead)) == 1
         results[read_ahead] = {Path(r["file"]).name: (r["status"], r["shape"])
                                for r in json.loads((out / "summary.json").read_text())["files"]}
     assert results[True] == results[False] and results[True]["broken.nii.gz"][0] == "failed"
@@ -600,8 +610,8 @@ def test_batch_list_file_missing_entries_and_checkpoint_loader(tmp_path: Path) -
         return Identity(), {"file": str(path), "sha256": "a" * 64, "spec": make_spec(S)}
 
     out = tmp_path / "out"
-    status = run_batch([listing], out, "ct2mri", checkpoint=tmp_path / "g.pt", device="cpu", progress=False,
-                       load_model=load_model)
+    status = run_batch([listing], out, "ct2mri", ModelSource(checkpoint=tmp_path / "g.pt", load_model=load_model),
+                       BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False))
     assert status == 1 and calls == [(str(tmp_path / "g.pt"), "ct2mri", "cpu")]
     summary = json.loads((out / "summary.json").read_text())
     statuses = {Path(r["file"]).name: r["status"] for r in summary["files"]}
@@ -629,8 +639,8 @@ def test_batch_converter_object_and_slice_progress(tmp_path: Path) -> None:
     from ctmri_monai.convert import BatchConverter
 
     src = save_nifti(tmp_path / "a.nii.gz", head_hu((20, 18, 5)), np.eye(4))
-    job = BatchConverter(str(src), tmp_path / "out", "ct2mri", network=Identity(), device="cpu",
-                         progress=False, batch_size=2, spec=make_spec(S))
+    job = BatchConverter(str(src), tmp_path / "out", "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S)),
+                         BatchOptions(convert=ConvertOptions.for_run("cpu", batch_size=2), progress=False))
     assert job.run() == 0 and (tmp_path / "out" / "a_ct2mri.nii.gz").exists()
 
     class Counter:

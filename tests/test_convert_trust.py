@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +23,7 @@ from PIL import Image
 from test_convert import Identity, S, head_hu, make_affine, rotation, save_nifti, write_ct_series
 
 from ctmri_monai.apps.cli import main as ctmri
-from ctmri_monai.convert import run_batch
+from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
 
 AFFINE = make_affine(rotation(0.1, 0.0, 0.3), (6.0, 6.0, 8.0))  # oblique: the map must follow it exactly
 
@@ -42,7 +41,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     args = [str(data), "--direction", "ct2mri", "--checkpoint", str(ckpt), "--device", "cpu", "--dicom",
             "--no-progress"]
     tables = {}
-    for name, extra in (("map", []), ("plain", ["--no-disagreement"]),
+    for name, extra in (("map", ["--disagreement"]), ("plain", ["--no-disagreement"]),
                         ("control", ["--no-disagreement", "--no-mask-background"])):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
@@ -83,7 +82,7 @@ def test_map_is_written_on_the_input_grid_with_its_figures(runs: dict) -> None:
         assert figures["map"] == str(path)
         assert 0.0 <= figures["flagged_share"] <= 1.0 and figures["region_count"] >= len(figures["regions"])
         assert (figures["flagged_share"] > 0) == (values.max() >= figures["threshold"] and bool(figures["regions"]))
-        assert figures["passes"] == 3 and set(figures["scales"]) == {"structure", "cycle", "stability"}
+        assert figures["passes"] == 2 and set(figures["scales"]) == {"structure", "stability"}
         # Centroids in patient coordinates follow the input's affine; both are rounded to 0.1 (voxel, mm): the
         # voxel rounding moves a point by at most 0.05 * the row's absolute sum of the affine, plus 0.05 mm.
         tolerance = 0.05 * np.abs(img.affine[:3, :3]).sum(axis=1) + 0.05 + 1e-6
@@ -132,7 +131,7 @@ def test_finished_outputs_with_their_map_are_skipped_and_a_missing_map_is_redone
     out = runs["root"] / "map"
     first = _records(out)
     (out / "vol_ct2mri_disagreement.nii.gz").unlink()
-    assert ctmri(["convert", *runs["args"], "--output-dir", str(out)]) == 0
+    assert ctmri(["convert", *runs["args"], "--disagreement", "--output-dir", str(out)]) == 0
     again = _records(out)
     assert again["series"]["status"] == "skipped" and again["series"]["disagreement"] == first["series"][
         "disagreement"]
@@ -141,23 +140,24 @@ def test_finished_outputs_with_their_map_are_skipped_and_a_missing_map_is_redone
         "flagged_share"]
 
 
-def test_a_failed_write_leaves_no_map_and_a_model_without_backward_generator_converts_without_it(
-        runs: dict, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_write_leaves_no_map_and_a_generator_alone_gives_one(
+        runs: dict, tmp_path: Path, monkeypatch) -> None:
     fail_dicom_write_at(monkeypatch, 3)
     out = tmp_path / "out"
-    assert run_batch([runs["data"]], out, "ct2mri", checkpoint=runs["ckpt"], device="cpu", progress=False,
-                     dicom=True) == 1
+    mapped = ConvertOptions.for_run("cpu", disagreement=True)
+    assert run_batch([runs["data"]], out, "ct2mri", ModelSource(checkpoint=runs["ckpt"]),
+                     BatchOptions(convert=mapped, progress=False, dicom=True)) == 1
     records = _records(out)
     assert records["vol.nii.gz"]["status"] != "failed" and records["series"]["status"] == "failed"
     assert sorted(p.name for p in out.iterdir()) == ["qa", "summary.json", "vol_ct2mri.nii.gz",
                                                      "vol_ct2mri_disagreement.nii.gz"]  # all or nothing
     monkeypatch.undo()
-    caplog.set_level(logging.INFO)
+    # a generator in memory, no checkpoint and no backward generator: the map needs the forward one alone
     src = save_nifti(tmp_path / "a.nii.gz", head_hu((20, 18, 4)), np.eye(4))
-    assert run_batch([src], tmp_path / "g", "ct2mri", generator=Identity(), spec=make_spec(S), device="cpu",
-                     progress=False) == 0
-    assert not list((tmp_path / "g").rglob("*disagreement*")) and "no disagreement map" in caplog.text
-    assert "disagreement" not in _records(tmp_path / "g")["a.nii.gz"]
+    assert run_batch([src], tmp_path / "g", "ct2mri", ModelSource(generator=Identity(), spec=make_spec(S)),
+                     BatchOptions(convert=mapped, progress=False)) == 0
+    figures = _records(tmp_path / "g")["a.nii.gz"]["disagreement"]
+    assert figures["passes"] == 2 and Path(figures["map"]).exists()
 
     import ctmri_monai.convert.pipeline as pipeline
 
@@ -165,39 +165,38 @@ def test_a_failed_write_leaves_no_map_and_a_model_without_backward_generator_con
         raise ValueError("planted failure")
 
     monkeypatch.setattr(pipeline, "volume_disagreement", broken)  # the map fails: the conversion still stands
-    assert run_batch([runs["data"] / "vol.nii.gz"], tmp_path / "b", "ct2mri", checkpoint=runs["ckpt"],
-                     device="cpu", progress=False) == 0
+    assert run_batch([runs["data"] / "vol.nii.gz"], tmp_path / "b", "ct2mri", ModelSource(checkpoint=runs["ckpt"]),
+                     BatchOptions(convert=mapped, progress=False)) == 0
     record = _records(tmp_path / "b")["vol.nii.gz"]
     assert record["status"] != "failed" and "disagreement" not in record
     assert any("no disagreement map (ValueError: planted failure)" in w for w in record["warnings"])
     assert not list((tmp_path / "b").rglob("*disagreement*")) and (tmp_path / "b" / "vol_ct2mri.nii.gz").exists()
 
 
-def test_the_service_builds_the_backward_generator_once_from_the_same_checkpoint_data(runs: dict,
-                                                                                      monkeypatch) -> None:
+def test_the_service_reads_the_checkpoint_once_and_builds_no_generator_for_the_map(runs: dict,
+                                                                                    monkeypatch) -> None:
+    """The map needs the forward generator alone: a one-direction service with the map on reads the checkpoint
+    once and builds one generator (today's main built the backward one too)."""
     import argparse
 
-    import torch
-
     import ctmri_monai.io.checkpoint_file as checkpoint_file
+    import ctmri_monai.networks.loading as loading
     from ctmri_monai.convert import ConversionService, ConvertOptions, add_convert_arguments
     from ctmri_monai.node.cli import add_serve_arguments
 
-    reads = []
-    real = checkpoint_file.load_checkpoint
+    reads, built = [], []
+    real, build = checkpoint_file.load_checkpoint, loading.generator_from
     monkeypatch.setattr(checkpoint_file, "load_checkpoint", lambda *a, **k: reads.append(a) or real(*a, **k))
-    service = ConversionService.from_checkpoint(runs["ckpt"], "cpu", directions=["ct2mri"])
-    assert len(reads) == 1 and service.directions == ["ct2mri"] and service.writes_map("ct2mri")
-    stored = real(runs["ckpt"])["generator_mri2ct"]
-    for name, value in service.backward["ct2mri"].state_dict().items():
-        assert torch.equal(value, stored[name]), name
-    off = ConversionService.from_checkpoint(runs["ckpt"], "cpu", directions=["ct2mri"],
-                                            options=ConvertOptions(disagreement=False))
-    assert off.backward == {"ct2mri": None} and not off.writes_map("ct2mri")
-    both = ConversionService.from_checkpoint(runs["ckpt"], "cpu")  # each direction's backward is the other one
-    assert both.backward["ct2mri"] is both.generators["mri2ct"]
+    monkeypatch.setattr(loading, "generator_from", lambda data, d, *a, **k: built.append(d) or build(data, d, *a, **k))
+    service = ConversionService.from_checkpoint(runs["ckpt"], ConvertOptions.for_run("cpu", disagreement=True),
+                                                directions=["ct2mri"])
+    assert len(reads) == 1 and built == ["ct2mri"] and service.directions == ["ct2mri"]
+    assert service.writes_map("ct2mri") and not service.writes_map("mri2ct")
+    off = ConversionService.from_checkpoint(runs["ckpt"], ConvertOptions.for_run("cpu"), directions=["ct2mri"])
+    assert not off.writes_map("ct2mri")
     for add in (add_convert_arguments, add_serve_arguments):  # `ctmri convert` and `ctmri serve`: one flag
         parser = add(argparse.ArgumentParser())
         base = ["--checkpoint", "m.pt"] + (["--spool", "s"] if add is add_serve_arguments else [])
-        assert parser.parse_args(base).disagreement is True
-        assert parser.parse_args([*base, "--no-disagreement"]).disagreement is False
+        assert parser.parse_args(base).disagreement is False  # opt-in: off by default
+        assert parser.parse_args([*base, "--disagreement"]).disagreement is True
+        assert parser.parse_args([*base, "--no-disagreement"]).disagreement is False  # still accepted

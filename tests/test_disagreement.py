@@ -60,18 +60,36 @@ def test_hidden_copy_reads_the_input_back():
     assert np.abs(plain - secret).max() > 0.5
 
 
+class CountingSlices(torch.nn.Module):
+    """A generator that counts the slices it converts."""
+
+    def __init__(self, base) -> None:
+        super().__init__()
+        self.base, self.slices = base, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.slices += int(x.shape[0])
+        return self.base(x)
+
+
 def test_map_api_on_frames(bleed):
-    """float32 in [0, 1] on the frames, zero outside the head, three extra passes, every signal kept; a 2.5D
-    generator (context 1) runs the same road."""
-    x, y, _, forward, backward = oracle_conversion(bleed, "ct2mri")
+    """float32 in [0, 1] on the frames, zero outside the head, from the forward generator alone with two extra
+    passes per slice (counted), the two signals kept; a 2.5D generator (context 1) runs the same road."""
+    x, y, _, forward, _ = oracle_conversion(bleed, "ct2mri")
     head = head_mask(x)
-    result = disagreement_map(x, y, forward, backward, "ct2mri", head=head, context=1, batch_size=5, amp=False)
+    counting = CountingSlices(forward)
+    result = disagreement_map(x, y, counting, "ct2mri", head=head, context=1, batch_size=5, amp=False)
     assert result.map.dtype == np.float32 and result.map.shape == x.shape
     assert 0.0 <= result.map.min() and result.map.max() <= 1.0 and not result.map[~head].any()
-    assert result.passes == 3 and set(result.signals) == {"structure", "cycle", "stability"}
-    assert set(result.scales) == set(result.signals)
+    assert result.passes == 2 and counting.slices == 2 * x.shape[2]
+    assert set(result.signals) == set(result.scales) == {"structure", "stability"}
+    alone = disagreement_map(x, y, None, "ct2mri", head=head)  # no generator at all: the structure signal alone
+    assert alone.passes == 0 and set(alone.signals) == {"structure"}
+    np.testing.assert_array_equal(alone.signals["structure"], result.signals["structure"])
     with pytest.raises(ValueError, match="direction"):
-        disagreement_map(x, y, None, None, "ct2pet")
+        disagreement_map(x, y, None, "ct2pet")
+    with pytest.raises(ValueError, match="moves"):
+        disagreement_signals(x, y, forward, moves=("rotate",))
 
 
 def test_stability_sees_an_inconsistent_mistake_not_a_consistent_one(bleed):
@@ -80,9 +98,9 @@ def test_stability_sees_an_inconsistent_mistake_not_a_consistent_one(bleed):
     x, y, _, forward, _ = oracle_conversion(bleed, "ct2mri")
     planted, region = plant_cases(y, bleed.labels)["hallucination"]
     head = head_mask(x)
-    once, _ = disagreement_signals(x, planted, forward, None, amp=False)
+    once, _ = disagreement_signals(x, planted, forward, amp=False)
     assert voxel_auroc(once["stability"], region, head) > 0.99
-    repeated, _ = disagreement_signals(x, planted, ConsistentMistake(forward, x, planted - y), None, amp=False)
+    repeated, _ = disagreement_signals(x, planted, ConsistentMistake(forward, x, planted - y), amp=False)
     assert not repeated["stability"].any()
 
 
@@ -95,19 +113,18 @@ def test_clean_conversions_flag_little(bleed, other, direction):
 
 def test_planted_hallucination_is_found(bleed, other):
     """A blob of CSF-like tissue in the white matter of a synthetic MRI: voxel AUROC >= 0.9 and flagged-region
-    Dice >= 0.5, with an honest and with a steganographic backward generator."""
+    Dice >= 0.5, with an honest output and one that hides its input (Chu et al. 2017)."""
     for phantom in (bleed, other):
         for hidden in (False, True):
             auroc, dice = planted_scores(phantom, "ct2mri", hidden, ("map",))["hallucination"]["map"]
             assert auroc >= AUROC_GOAL and dice >= DICE_GOAL, (phantom.name, hidden, auroc, dice)
 
 
-def test_hidden_copy_fools_the_cycle_not_the_map(bleed):
-    """Chu et al.'s trap on a planted deletion: with the input hidden in the output, the cycle alone stops seeing
-    the erased bleed (AUROC falls below chance) while the map's ranking does not move."""
-    honest = planted_scores(bleed, "ct2mri", False, ("map", "cycle"))["deletion"]
-    hidden = planted_scores(bleed, "ct2mri", True, ("map", "cycle"))["deletion"]
-    assert honest["cycle"][0] > 0.75 and hidden["cycle"][0] < 0.5
+def test_a_hidden_copy_does_not_move_the_map(bleed):
+    """Chu et al.'s trap on a planted deletion: an output that hides its input below one grey level (what fools a
+    cycle through the backward generator) leaves the map's ranking where it was."""
+    honest = planted_scores(bleed, "ct2mri", False, ("map",))["deletion"]
+    hidden = planted_scores(bleed, "ct2mri", True, ("map",))["deletion"]
     assert hidden["map"][0] == pytest.approx(honest["map"][0], abs=0.01)
     assert hidden["map"][0] > 0.75
 
@@ -115,17 +132,17 @@ def test_hidden_copy_fools_the_cycle_not_the_map(bleed):
 def test_negative_controls_fail_the_checks(bleed, other):
     """A map of noise, or the map of a different head, does not pass the hallucination checks the real map
     passes."""
-    x, y, _, forward, backward = oracle_conversion(bleed, "ct2mri")
+    x, y, _, forward, _ = oracle_conversion(bleed, "ct2mri")
     head = head_mask(x)
     planted, region = plant_cases(y, bleed.labels)["hallucination"]
-    real = disagreement_map(x, planted, ConsistentMistake(forward, x, planted - y), backward, "ct2mri",
-                            head=head, amp=False).map
+    real = disagreement_map(x, planted, ConsistentMistake(forward, x, planted - y), "ct2mri", head=head,
+                            amp=False).map
     assert voxel_auroc(real, region, head) >= AUROC_GOAL and region_dice(real, region, head) >= DICE_GOAL
     noise = np.random.default_rng(0).uniform(0, 1, x.shape).astype(np.float32)
     assert voxel_auroc(noise, region, head) < AUROC_GOAL and region_dice(noise, region, head) < DICE_GOAL
-    ox, oy, _, oforward, obackward = oracle_conversion(other, "ct2mri")
+    ox, oy, _, oforward, _ = oracle_conversion(other, "ct2mri")
     oplanted, _ = plant_cases(oy, other.labels)["hallucination"]
-    wrong = disagreement_map(ox, oplanted, ConsistentMistake(oforward, ox, oplanted - oy), obackward, "ct2mri",
+    wrong = disagreement_map(ox, oplanted, ConsistentMistake(oforward, ox, oplanted - oy), "ct2mri",
                              head=head_mask(ox), amp=False).map
     assert region_dice(wrong, region, head) < DICE_GOAL
     assert not flag_mask(wrong, head)[region].mean() >= 0.5
@@ -146,13 +163,14 @@ def test_planted_goal_not_yet_met(bleed, direction, kind):
 
 @pytest.mark.parametrize("framing", ["spacing", "fit_by_head"])
 def test_map_comes_back_on_the_input_grid(tmp_path, framing):
-    """`on_input_grid` inverts framing and orientation as `translate_volume` does: the raw output frames brought
-    back equal the written synthetic MRI inside the head (a non-square, rotated-axes volume), also for a "fit"
-    model that frames volumes by the head at its training head size; a flipped map does not."""
+    """The translation's own inverse brings a frame-space array back as `translate_volume` brings its output: the
+    raw output frames brought back equal the written synthetic MRI inside the head (a non-square, rotated-axes
+    volume), also for a "fit" model that frames volumes by the head; a flipped array does not. The conversion's map
+    (`volume_disagreement`) lies on the input's grid, zero outside the input's head."""
     from conftest import make_spec
 
-    from ctmri_monai.engines.disagreement import on_input_grid
-    from ctmri_monai.engines.slices import translate_volume
+    from ctmri_monai.convert.trust import volume_disagreement
+    from ctmri_monai.engines.slices import SliceRun, translate_volume
     from ctmri_monai.io.volume import load_volume
     from ctmri_monai.phantoms.oracle import unit_volumes
     from ctmri_monai.phantoms.write import _write_nifti
@@ -167,14 +185,17 @@ def test_map_comes_back_on_the_input_grid(tmp_path, framing):
     image = load_volume(path).image
     spec = (make_spec(image_size=48, pixdim=(4.0, 4.0)) if framing == "spacing" else
             make_spec(image_size=48, pixdim=None, framing="fit", training={"ct": TrainingReference(head_extent_px=20)}))
-    tr = translate_volume(path, image, forward, spec, "ct", "mri", amp=False)
-    back = on_input_grid(tr.fake_unit, image, spec, "ct")
-    assert back.shape == phantom.ct.shape
+    tr = translate_volume(path, image, forward, spec, "ct", "mri", SliceRun(amp=False))
+    inverse = tr.frames.inverse
+    back = inverse.to_input(tr.fake_unit)
+    assert back.shape == phantom.ct.shape and back.dtype == np.float32
     # away from the head's edge, where the written output blends with the background
     inside = ndimage.binary_erosion(tr.output > -1.0, np.ones((5, 5, 1), bool))
     assert inside.mean() > 0.1
     assert np.abs(back[inside] - np.clip(tr.output[inside], -1, 1)).max() < 1e-4
-    flipped = on_input_grid(tr.fake_unit[:, ::-1].copy(), image, spec, "ct")
+    flipped = inverse.to_input(tr.fake_unit[:, ::-1].copy())
     assert np.abs(flipped[inside] - tr.output[inside]).max() > 0.5
-    with pytest.raises(ValueError, match="frames"):
-        on_input_grid(tr.fake_unit[:-1], image, spec, "ct")
+    trust = volume_disagreement(tr, forward, spec, "ct2mri", {"amp": False})
+    assert trust.grid.shape == phantom.ct.shape and 0.0 <= trust.grid.min() and trust.grid.max() <= 1.0
+    assert not trust.grid[~np.asarray(inverse.input_head, bool)].any()
+    assert trust.figures["passes"] == 2

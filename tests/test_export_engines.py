@@ -141,18 +141,18 @@ def test_engine_parity(setup: dict, engine: str, fmt: str) -> None:
     for label, ckpt in (("same", setup["ckpt"]), ("changed", _checkpoint(setup["tmp"] / "changed.pt", 0.05))):
         exported = setup["tmp"] / f"{label}_{engine}{suffix}"
         assert ctmri(["export", str(ckpt), "--direction", "ct2mri", "--format", fmt, "--output", str(exported)]) == 0
-        out = _convert(setup, exported, engine, f"{label}_{engine}")
-        assert not list(out.glob("*disagreement*"))  # one direction exported: no backward generator, no map
+        out = _convert(setup, exported, engine, f"{label}_{engine}", "--disagreement")
+        assert (out / "vol_ct2mri_disagreement.nii.gz").exists()  # one direction exported is enough for the map
         differences[label] = float(np.abs(_read(out / "vol_ct2mri.nii.gz") - setup["reference"]).max())
     assert differences["same"] <= setup["tolerance"], (differences, setup["tolerance"])
     assert differences["changed"] > setup["tolerance"], (differences, setup["tolerance"])  # negative control
 
 
 def test_checkpoint_on_engine_keeps_the_map(setup: dict) -> None:
-    """A checkpoint run by an ONNX engine (exported in memory) still has its backward generator: the map is made,
-    and the synthetic volume equals the torch one within the tolerance."""
+    """A checkpoint run by an ONNX engine (exported in memory): the map is made, and the synthetic volume equals
+    the torch one within the tolerance."""
     require_engine("onnxruntime")
-    out = _convert(setup, setup["ckpt"], "onnxruntime", "ckpt_ort")
+    out = _convert(setup, setup["ckpt"], "onnxruntime", "ckpt_ort", "--disagreement")
     assert (out / "vol_ct2mri_disagreement.nii.gz").exists()
     assert np.abs(_read(out / "vol_ct2mri.nii.gz") - setup["reference"]).max() <= setup["tolerance"]
     assert load_checkpoint(setup["ckpt"])  # the checkpoint itself is untouched by the in-memory export
@@ -179,12 +179,14 @@ def test_exported_file_on_the_series_road(setup: dict) -> None:
                   str(exported)]) == 0
     folder = setup["tmp"] / "ct_series"
     write_ct_series(folder, head_hu((32, 28, 4), seed=3), spacing=(6.0, 6.0, 8.0))
-    service = ConversionService.from_checkpoint(exported, "cpu", options=ConvertOptions(batch_size=4))
-    assert service.info["engine"] == "onnxruntime" and not service.writes_map("ct2mri")
+    service = ConversionService.from_checkpoint(exported, ConvertOptions.for_run("cpu", model=exported, batch_size=4,
+                                                                                 disagreement=True))
+    assert service.info["engine"] == "onnxruntime" and service.writes_map("ct2mri")
     result = service.convert_series(folder)
+    assert result.converted.report["disagreement"]["passes"] == 2  # the exported generator made the map
     assert len(list(result.derived.datasets())) == 4 and result.converted.report["direction"] == "ct2mri"
-    reference = ConversionService.from_checkpoint(setup["ckpt"], "cpu", options=ConvertOptions(
-        batch_size=4, disagreement=False)).convert_series(folder)
+    reference = ConversionService.from_checkpoint(setup["ckpt"], ConvertOptions.for_run(
+        "cpu", batch_size=4, disagreement=False)).convert_series(folder)
     assert np.abs(result.converted.array.astype(np.float64) - reference.converted.array).max() <= setup["tolerance"]
     with pytest.raises(ContractError, match="mri2ct"):
         service.model("mri2ct")

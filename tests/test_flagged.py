@@ -85,3 +85,34 @@ def test_lesion_phantoms_split_the_domains(tmp_path):
         if d["domain"] == "mri":
             assert d["lesion"] == "mass" and not (tmp_path / "volumes/ct" / f"{name}.nii.gz").exists()
     assert {d["lesion"] for d in details.values() if d["domain"] == "both"} == {"bleed", "mass"}
+
+
+def _ring_map() -> tuple[np.ndarray, np.ndarray]:
+    """An axially stored (X, Y, Z) map: the rim of an erased structure in two axial slices (its interior is filled
+    in the axial plane only) and a solid blob in three others; voxels of 1 x 1.2 x 5 mm."""
+    dmap = np.zeros((16, 14, 10), np.float32)
+    dmap[3:11, 3:10, 3:5] = 0.9
+    dmap[5:9, 5:8, 3:5] = 0.1  # the interior: flagged only when its axial slices' holes are filled
+    dmap[12:15, 10:13, 6:9] = 0.7
+    affine = np.diag([1.0, 1.2, 5.0, 1.0])
+    affine[:3, 3] = [-8.0, 4.0, 30.0]
+    return dmap, affine
+
+
+@pytest.mark.parametrize("order", [(2, 1, 0), (1, 2, 0), (0, 2, 1)], ids=["sagittal", "sagittal-rows-ap", "coronal"])
+def test_figures_follow_the_axial_axis_of_the_affine(order):
+    """The same map stored sagittally or coronally (array axes permuted, the affine's columns with them) gives the
+    figures of the axial storage: the rim's interior is filled in axial planes and the worst slices are axial."""
+    dmap, affine = _ring_map()
+    axial = flag_figures(dmap, np.ones(dmap.shape, bool), affine)
+    assert axial["region_count"] == 2 and axial["regions"][0]["voxels"] == 8 * 7 * 2  # the rim, filled
+    assert [w["slice"] for w in axial["worst_slices"]] == [3, 4, 6]
+    stored = np.transpose(dmap, order)
+    permuted = affine.copy()
+    permuted[:3, :3] = affine[:3, :3][:, list(order)]
+    other = flag_figures(stored, np.ones(stored.shape, bool), permuted)
+    for region in axial["regions"]:  # voxel centroids in the stored array's own axis order
+        region["centroid_voxel"] = [region["centroid_voxel"][a] for a in order]
+    assert other == axial
+    # negative control: the same array with the axial storage's affine fills the wrong planes
+    assert flag_figures(stored, np.ones(stored.shape, bool), affine) != axial

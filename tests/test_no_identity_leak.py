@@ -12,7 +12,7 @@ import pydicom
 from conftest import make_spec
 from test_convert import Identity, head_hu, write_ct_series
 
-from ctmri_monai.convert import run_batch
+from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
 
 S = 32
 INFO = {"file": "m.pt", "sha256": "0" * 64, "model_spec": {"image_size": S}}
@@ -65,9 +65,9 @@ def _identifying_strings() -> list[bytes]:
 def test_nifti_and_dicom_outputs_from_dicom_input_leak_no_identity(tmp_path: Path) -> None:
     source_uid = _identified_series(tmp_path / "data" / "series")
     out = tmp_path / "out"
-    assert run_batch([tmp_path / "data"], out, "ct2mri", generator=Identity(), spec=make_spec(S),
-                     device="cpu", progress=False,
-                     model_info=INFO, dicom=True) == 0
+    assert run_batch([tmp_path / "data"], out, "ct2mri",
+                     ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                     BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False, dicom=True)) == 0
 
     nifti = out / "series_ct2mri.nii.gz"
     raw = gzip.decompress(nifti.read_bytes())  # header, extensions and voxels
@@ -108,9 +108,9 @@ def test_nifti_input_extensions_and_text_fields_are_not_copied(tmp_path: Path) -
     img.header["intent_name"] = b"PID-7Q3X9"
     nib.save(img, tmp_path / "in.nii.gz")
     out = tmp_path / "out"
-    assert run_batch([tmp_path / "in.nii.gz"], out, "ct2mri", generator=Identity(), spec=make_spec(S),
-                     device="cpu", progress=False,
-                     model_info=INFO) == 0
+    assert run_batch([tmp_path / "in.nii.gz"], out, "ct2mri",
+                     ModelSource(generator=Identity(), spec=make_spec(S), model_info=INFO),
+                     BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False)) == 0
     raw = gzip.decompress((out / "in_ct2mri.nii.gz").read_bytes())
     assert b"Leakcheck" not in raw and b"PID-7Q3X9" not in raw
     assert len(nib.load(out / "in_ct2mri.nii.gz").header.extensions) == 0

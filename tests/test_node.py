@@ -24,7 +24,7 @@ from ctmri_monai.node.journal import Journal
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> ConversionService:
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "m.pt")
-    return ConversionService.from_checkpoint(ckpt, "cpu", options=ConvertOptions(batch_size=4, device="cpu"))
+    return ConversionService.from_checkpoint(ckpt, ConvertOptions.for_run("cpu", batch_size=4, disagreement=True))
 
 
 def start_node(service: ConversionService, spool: Path, destination: int | None, **config: object) -> Node:

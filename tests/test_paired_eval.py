@@ -68,3 +68,23 @@ def test_volume_and_2d_slices_give_the_same_paired_metrics(tiny_phantoms: Path, 
                                   tiny_phantoms)
     for key in ("mae_mri2ct_hu_window", "mae_ct2mri", "ssim_ct2mri", "ssim_mri2ct_window"):
         assert slices[key] == pytest.approx(volume[key], rel=0.05, abs=0.02), key
+
+
+def test_a_perfect_synthetic_ct_in_a_brain_window_covers_the_whole_head(tiny_phantoms: Path) -> None:
+    """Bug: the head masks of paired evaluation were taken on *windowed* CT, where a brain window turns fat and skin
+    black, so a perfect synthetic CT had Dice below 1. The masks are now physical (HU), as conversion's are."""
+    from ctmri_monai.engines.slices import SliceRun, translate_volume
+    from ctmri_monai.handlers.paired import volume_consistency
+    from ctmri_monai.io.volume import load_volume
+    from ctmri_monai.metrics.paired import dice
+    from ctmri_monai.transforms.mask import head_mask
+
+    spec = make_spec(32, pixdim=(6.0, 6.0), window=(-20.0, 100.0))  # level 40, width 120
+    ct_path, _ = held_out_volume_pairs(tiny_phantoms)[0]
+    image = load_volume(ct_path).image
+    perfect = translate_volume(ct_path, image, identity, spec, "ct", "ct", SliceRun(amp=False))  # the real CT back
+    out = perfect.output.astype("float32")
+    figures = volume_consistency(out, out, out, perfect.frames.inverse.input_head, perfect, "ct")
+    assert figures["dice"] == 1.0
+    # negative control: the windowed mask of the same perfect output misses the fat and skin
+    assert dice(perfect.source_mask, head_mask(perfect.fake_unit)) < 0.95

@@ -20,6 +20,7 @@ import torch
 from monai.data import MetaTensor
 
 from ctmri_monai.convert.batch import format_table, run_batch
+from ctmri_monai.convert.options import BatchOptions, ConvertOptions, ModelSource
 from ctmri_monai.data import spec_for_dataset
 from ctmri_monai.engines.slices import translate_volume
 from ctmri_monai.phantoms import ct_to_png, make_phantoms, make_subject, mri_to_png, radiological_slice
@@ -72,6 +73,27 @@ def _meta(array: np.ndarray, affine: np.ndarray) -> MetaTensor:
 def _frames(array: np.ndarray, affine: np.ndarray, domain: str, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     d = volume_pipeline(spec, domain, head_key="head")({"image": _meta(array, affine)})
     return d["image"].as_tensor()[0].numpy(), np.asarray(d["head"])[0] > 0
+
+
+def _per_slice_extent(mask: np.ndarray) -> float:
+    """Median over the slices that hold a head (a tenth of the widest section or more) of each slice's longer
+    bounding-box side: the head size a slice of the volume shows, as each training image shows one."""
+    area = mask.sum(axis=(0, 1))
+    return float(np.median([mask_extent(mask[:, :, k])[0] for k in np.flatnonzero(area >= 0.1 * area.max())]))
+
+
+def _taper(volume: np.ndarray, top: float) -> np.ndarray:
+    """The volume with each axial slice's content shrunk about the centre, from 1 at the first slice to ``top``
+    at the last (a cranial taper, as real heads narrow to the vertex)."""
+    from scipy.ndimage import affine_transform
+
+    centre = (np.asarray(volume.shape[:2], np.float64) - 1) / 2.0
+    out = np.empty_like(volume)
+    for k in range(volume.shape[2]):
+        f = 1.0 - (1.0 - top) * k / max(volume.shape[2] - 1, 1)
+        out[:, :, k] = affine_transform(volume[:, :, k], np.eye(2) / f, centre - centre / f, order=1,
+                                        cval=float(volume.min()))
+    return out
 
 
 def _missed(truth: np.ndarray, mask: np.ndarray) -> float:
@@ -150,7 +172,7 @@ def test_volumes_of_any_field_of_view_are_framed_at_the_training_head_size(phant
         for frame_by in sizes:
             spec = fit_spec.with_overrides(frame_by=frame_by) if frame_by != "head" else fit_spec
             _, mask = _frames(wide, affine, domain, spec)
-            sizes[frame_by].append(mask_extent(mask)[0])
+            sizes[frame_by].append(_per_slice_extent(mask))
         # the inverse is exact on the input's grid (translate_volume refuses otherwise) and keeps the head
         t = translate_volume("wide", _meta(wide, affine), identity, fit_spec, domain, "mri", mask_background=False)
         assert t.output.shape == wide.shape and abs(t.gap["head_size_ratio"] - 1.0) <= 0.05
@@ -158,6 +180,20 @@ def test_volumes_of_any_field_of_view_are_framed_at_the_training_head_size(phant
     assert head.max() / head.min() <= 1.05 and np.all(np.abs(head / median - 1.0) <= 0.05), head
     fov = np.asarray(sizes["field_of_view"])  # negative control: the older field-of-view framing
     assert fov.max() / fov.min() > 1.5, fov
+
+
+@pytest.mark.parametrize("domain", ["ct", "mri"])
+def test_a_tapered_volume_shows_the_training_head_size_in_its_typical_slice(phantoms, fit_spec, domain):
+    """A head that narrows to the vertex: its whole-volume bounding box is wider than its typical slice, so framing
+    that box at the training median (single slices) made the typical slice smaller than in training."""
+    volume, affine, _ = _test_volume(phantoms, domain)
+    tapered = _taper(volume, top=0.5)
+    median = fit_spec.reference(domain).head_extent_px
+    _, mask = _frames(tapered, affine, domain, fit_spec)
+    assert abs(_per_slice_extent(mask) / median - 1.0) <= 0.10, (_per_slice_extent(mask), median)
+    # negative control: the taper is strong enough that bringing the whole volume's box to the median misses by >10 %
+    head = physical_head_mask(tapered, domain)
+    assert _per_slice_extent(head) / mask_extent(head)[0] < 0.9
 
 
 # -------------------------------------------------------------------------------- 3. MRI standardisation
@@ -199,7 +235,8 @@ def test_every_conversion_reports_its_gap_and_far_volumes_are_flagged(phantoms, 
         frame_by="field_of_view"), paths["wide"], True, False), ("flat", percentiles_only, paths["flat"], False, True))
     for name, spec, path, far_size, far_intensity in cases:
         out = tmp_path / name
-        assert run_batch([path], out, "mri2ct", generator=identity, spec=spec, device="cpu", progress=False) == 0
+        assert run_batch([path], out, "mri2ct", ModelSource(generator=identity, spec=spec),
+                         BatchOptions(convert=ConvertOptions.for_run("cpu"), progress=False)) == 0
         record = json.loads((out / "summary.json").read_text())["files"][0]
         gap = record["gap"]
         assert (abs(gap["head_size_ratio"] - 1.0) > 0.15) is far_size, (name, gap)

@@ -1,12 +1,11 @@
 """The conversion service object: one model, many inputs; outputs byte-identical to the conversion before it.
 
-Equivalence: the base commit's conversion layer (``convert/`` and the DICOM reader/writer of ``BASE``, the last
-commit before the service, which already carries issue 17's domain-gap figures) is laid over a copy of today's
-package, so both roads run on the same lower layers (engines, transforms, io); it converts the same inputs with the
-same checkpoint in a child process, and today's ``ctmri convert`` does too. NIfTI files and QA montages must be
-byte-identical, summary records equal but for timings, and DICOM slices equal element by element but for the fresh
-UIDs, the creation dates and the two synthetic labels this change adds. The disagreement map (issue 20) came later:
-today's road is compared with it turned off. A negative control (background masking switched off) shows the
+Equivalence: the whole package of ``BASE`` (the commit before the conversion road was rebuilt around frames that
+carry their own inverse and options built once; it had been proven equal, the same way, to the conversion before the
+service object) converts the same inputs with the same checkpoint in a child process, with its map turned off, and
+today's ``ctmri convert`` does too. NIfTI files and QA montages must be byte-identical, summary records equal but
+for timings, and DICOM slices equal element by element but for the fresh UIDs, the creation dates and what
+conformance to the IODs changed on purpose. A negative control (background masking switched off) shows the
 comparison fails when outputs differ.
 """
 
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,11 +29,8 @@ from ctmri_monai.convert import ConversionService, ConvertOptions, convert_volum
 from ctmri_monai.io.dicom_series import SyntheticSeriesError, synthetic_origin
 from ctmri_monai.io.errors import ContractError
 
-BASE = "27dcf6a14f"  # issue 17's tip: the conversion layer just before the service object, with the gap figures
-OLD_FILES = ["ctmri_monai/convert/__init__.py", "ctmri_monai/convert/batch.py", "ctmri_monai/convert/cli.py",
-             "ctmri_monai/convert/inputs.py", "ctmri_monai/convert/pipeline.py", "ctmri_monai/convert/qa.py",
-             "ctmri_monai/io/dicom_write.py", "ctmri_monai/io/dicom_series.py"]
-NEW_LABELS = {"SyntheticData", "ContributingEquipmentSequence"}
+BASE = "f3f5bd8"  # the conversion road before frames with their inverse and options built once
+NEW_LABELS: set[str] = set()  # elements today's objects add to the base's
 FRESH = {"SOPInstanceUID", "SeriesInstanceUID", "InstanceCreationDate", "InstanceCreationTime", "SeriesDate",
          "SeriesTime", "ContentDate", "ContentTime"}
 CONVERT = "import argparse, sys; from ctmri_monai.convert.cli import add_convert_arguments, main_convert; " \
@@ -43,18 +38,15 @@ CONVERT = "import argparse, sys; from ctmri_monai.convert.cli import add_convert
 
 
 def _base_package(tmp: Path) -> Path:
-    """Today's package with the base commit's conversion layer laid over it (skips without the git history)."""
+    """The base commit's whole package, unpacked from the git history (skips without it, fails in CI)."""
     root = tmp / "base"
-    shutil.copytree(REPO / "ctmri_monai", root / "ctmri_monai", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("convert/options.py", "convert/service.py"):
-        (root / "ctmri_monai" / name).unlink(missing_ok=True)
-    for rel in OLD_FILES:
-        done = subprocess.run(["git", "-C", str(REPO), "show", f"{BASE}:{rel}"], capture_output=True)
-        if done.returncode:
-            if os.environ.get("CI"):  # CI clones the whole history: a missing base commit is a failure there
-                pytest.fail(f"the base commit {BASE} is not in this checkout's history")
-            pytest.skip(f"the base commit {BASE} is not in this checkout's history (a full git clone has it)")
-        (root / rel).write_bytes(done.stdout)
+    root.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASE, "ctmri_monai"], capture_output=True)
+    if archive.returncode:
+        if os.environ.get("CI"):  # CI clones the whole history: a missing base commit is a failure there
+            pytest.fail(f"the base commit {BASE} is not in this checkout's history")
+        pytest.skip(f"the base commit {BASE} is not in this checkout's history (a full git clone has it)")
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
     return root
 
 
@@ -67,9 +59,14 @@ def _inputs(tmp: Path) -> Path:
 
 
 def _dicom_elements(path: Path) -> dict[str, object]:
-    ds = pydicom.dcmread(path)
-    return {e.keyword or str(e.tag): (e.value if e.keyword != "PixelData" else bytes(e.value)) for e in ds
-            if e.keyword not in FRESH}
+    def value(e: pydicom.DataElement) -> object:
+        if e.keyword == "PixelData":
+            return bytes(e.value)
+        if e.VR == "SQ":  # items compared element by element, their fresh dates left out
+            return [{i.keyword: str(i.value) for i in item if i.keyword != "ContributionDateTime"} for item in e.value]
+        return e.value
+
+    return {e.keyword or str(e.tag): value(e) for e in pydicom.dcmread(path) if e.keyword not in FRESH}
 
 
 def _differences(old: Path, new: Path) -> list[str]:
@@ -104,12 +101,12 @@ def test_outputs_are_byte_identical_to_the_base_commits_conversion(tmp_path: Pat
     args = [str(data), "--direction", "ct2mri", "--checkpoint", str(ckpt), "--device", "cpu", "--dicom",
             "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(base), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    old = subprocess.run([sys.executable, "-c", CONVERT, *args, "--output-dir", str(tmp_path / "old")],
+    old = subprocess.run([sys.executable, "-c", CONVERT, *args, "--no-disagreement", "--output-dir",
+                          str(tmp_path / "old")],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert old.returncode == 0, old.stderr[-2000:]
-    # The base commit writes no disagreement map (issue 20 came later), so today's road is compared with the map
-    # turned off: --no-disagreement must write exactly the base's files and records. That the map, when on, leaves
-    # every other output as it is, is proven against this same no-map road in tests/test_convert_trust.py.
+    # Both without the map (today's default): that the map, when on, leaves every other output as it is, is proven
+    # against this same no-map road in tests/test_convert_trust.py.
     assert ctmri(["convert", *args, "--no-disagreement", "--output-dir", str(tmp_path / "new")]) == 0
     assert ctmri(["convert", *args, "--no-disagreement", "--output-dir", str(tmp_path / "unmasked"),
                   "--no-mask-background"]) == 0
@@ -127,7 +124,7 @@ def test_service_loads_once_and_converts_in_memory_what_the_file_road_writes(tmp
     reads = []
     real = checkpoint_file.load_checkpoint
     monkeypatch.setattr(checkpoint_file, "load_checkpoint", lambda *a, **k: reads.append(a) or real(*a, **k))
-    service = ConversionService.from_checkpoint(ckpt, "cpu", options=ConvertOptions(batch_size=2))
+    service = ConversionService.from_checkpoint(ckpt, ConvertOptions.for_run("cpu", batch_size=2))
     assert sorted(service.directions) == ["ct2mri", "mri2ct"] and len(reads) == 1
 
     series = service.convert_series(data / "series")  # direction from Modality CT
@@ -150,7 +147,7 @@ def test_service_loads_once_and_converts_in_memory_what_the_file_road_writes(tmp
 
 def test_synthetic_series_and_unknown_modalities_are_refused_by_name(tmp_path: Path) -> None:
     ckpt = write_tiny_checkpoint(tmp_path / "m.pt")
-    service = ConversionService.from_checkpoint(ckpt, "cpu")
+    service = ConversionService.from_checkpoint(ckpt, ConvertOptions.for_run("cpu"))
     write_ct_series(tmp_path / "ct", head_hu((32, 28, 3)), spacing=(6.0, 6.0, 8.0))
     derived = service.convert_series(tmp_path / "ct", "ct2mri").derived
     derived.write(tmp_path / "synthetic")
@@ -168,7 +165,7 @@ def test_synthetic_series_and_unknown_modalities_are_refused_by_name(tmp_path: P
         ds.save_as(f)
     with pytest.raises(ContractError, match="modality 'PT' has no conversion"):
         service.convert_series(tmp_path / "ct")
-    only = ConversionService.from_checkpoint(ckpt, "cpu", directions=["ct2mri"])
+    only = ConversionService.from_checkpoint(ckpt, ConvertOptions.for_run("cpu"), directions=["ct2mri"])
     with pytest.raises(ContractError, match="needs the mri2ct generator"):
         from ctmri_monai.convert.service import direction_for_modality
 

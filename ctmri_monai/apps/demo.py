@@ -42,6 +42,7 @@ def feature_kind() -> str:
 def run_demo(output_dir: str = "demo_output", minutes: float = 3.0, subjects: int = 8) -> int:
     """Run the demo into ``output_dir``; returns the exit status (0 when every step succeeded)."""
     from ctmri_monai.convert.batch import run_batch
+    from ctmri_monai.convert.options import BatchOptions, ConvertOptions, ModelSource
     from ctmri_monai.phantoms import make_phantoms
 
     out = Path(output_dir).resolve()
@@ -66,8 +67,8 @@ def run_demo(output_dir: str = "demo_output", minutes: float = 3.0, subjects: in
 
     print("[4/4] converting a phantom CT volume to synthetic MRI, with the anatomical-consistency report")
     test_volume = sorted((data_dir / "volumes" / "ct").glob("*.nii.gz"))[-1]
-    status = run_batch([str(test_volume)], str(out / "converted"), "ct2mri", checkpoint=str(checkpoint),
-                       device="cpu", amp=False, overwrite=True, progress=False)
+    status = run_batch([str(test_volume)], str(out / "converted"), "ct2mri", ModelSource(checkpoint=str(checkpoint)),
+                       BatchOptions(convert=ConvertOptions.for_run("cpu", amp=False), overwrite=True, progress=False))
     summary = json.loads((out / "converted" / "summary.json").read_text())
 
     print("\nDemo outputs")

@@ -23,11 +23,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.inputs import collect_inputs, output_names
-from ctmri_monai.convert.options import BatchOptions, batch_options
+from ctmri_monai.convert.options import BatchOptions, ModelSource
 from ctmri_monai.convert.qa import gap_cell
 from ctmri_monai.convert.records import conversion_record, failed_record
 from ctmri_monai.convert.service import ConversionService
@@ -35,7 +33,6 @@ from ctmri_monai.convert.trust import disagreement_path, flagged_cell
 from ctmri_monai.io.atomic import atomic_write_json
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.volume import Volume, load_volume
-from ctmri_monai.utils.device import resolve_device
 from ctmri_monai.utils.distributed import process_rank, shard_inputs
 
 logger = logging.getLogger(__name__)
@@ -88,12 +85,6 @@ def _progress(total: int, enabled: bool, **kwargs: Any) -> Any:
 # -------------------------------------------------------------------------------------------------- batch
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Slices per generator call: 16 on CUDA; 1 on the CPU, where larger batches measured slower
-    (ResNet-9 at 256 x 256 on 2 cores: 1.1-1.3 slices/s at batch 1, 1.0 at 4, 0.9 at 16)."""
-    return 16 if torch.device(device).type == "cuda" else 1
-
-
 class _ReadAhead:
     """Loads ``paths`` in order with `load_volume`, one file ahead in a background thread."""
 
@@ -124,44 +115,28 @@ class _ReadAhead:
 
 
 def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, direction: str,
-              checkpoint: str | os.PathLike | None = None,
-              generator: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-              options: BatchOptions | None = None, **names: Any) -> int:
+              model: ModelSource | ConversionService, options: BatchOptions | None = None) -> int:
     """Convert every input with the generator of ``direction`` ("ct2mri" | "mri2ct"); returns the exit status
     (1 when any input failed, else 0).
 
-    The model: a `ConversionService` built once from ``checkpoint`` (through ``load_model(path, direction,
-    device) -> (module, info)`` when given), or ``generator`` with ``spec`` (or a ``model_info`` holding it), or a
-    ready ``service``. ``options`` (`BatchOptions`) or its fields by name (and those of `ConvertOptions`):
-    the model's contract alone decides the preprocessing; ``contract_overrides`` (``ct_window``, ``framing``,
-    ``pixdim``, ``mri_percentiles``) replace parts of it, each logged. A model whose contract cannot map HU (an
-    unknown CT window) is refused before any input is read. ``mask_background``: write air outside each input's
-    head mask. Writes ``output_dir/summary.json`` and prints a table to ``stream``.
-    ``inferer``: the slice inferer to use (e.g. a bundle's ``inferer``), else the default ``SliceInferer``.
-    ``max_voxels``: inputs with more voxels fail (checked from their headers, before reading pixel data).
-    ``on_record``: called with each file's summary record as soon as the file is done (progress, monitoring).
-    ``rank`` / ``world_size`` (default: torchrun's ``RANK`` / ``WORLD_SIZE``, else 0 / 1): with several processes
-    each converts its own share of the inputs (`shard_inputs`) and writes ``summary_rank<r>.json``.
-    ``read_ahead``: read the next input in a background thread while the current one is converted (at most
-    two volumes in memory); its read errors are reported for that file as usual.
+    ``model``: a `ModelSource` (a checkpoint or a generator with its contract; the `ConversionService` is built
+    once, before anything is written, so a bad model leaves no output folder) or a ready `ConversionService`.
+    ``options`` (`BatchOptions`): how the batch runs; its ``convert`` (`ConvertOptions.for_run`) converts each
+    volume, and must be None with a ready service, which has its own. Writes ``output_dir/summary.json`` and
+    prints a table to ``options.stream``.
     """
-    service = names.pop("service", None)
-    opts = batch_options(options, **names)
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
-    if sum(x is not None for x in (checkpoint, generator, service)) != 1:
-        raise ValueError("give exactly one of checkpoint, generator and service")
-    dev = resolve_device(opts.convert.device if service is None else service.options.device)
-    batch_size = default_batch_size(dev) if opts.batch_size is None else int(opts.batch_size)
-    convert_options = opts.convert.replace(device=dev, batch_size=batch_size)
-    if checkpoint is not None:  # before anything is written: a bad checkpoint leaves no output folder behind
-        service = ConversionService.from_checkpoint(checkpoint, dev, opts.contract_overrides, convert_options,
-                                                    [direction], opts.load_model, opts.engine, opts.threads)
-    elif generator is not None:
-        service = ConversionService({direction: generator}, opts.spec, opts.model_info, convert_options,
-                                    opts.contract_overrides)
-    elif opts.batch_size is not None:
-        service.options = service.options.replace(batch_size=batch_size)
+    opts = options or BatchOptions()
+    if isinstance(model, ConversionService):
+        if opts.convert is not None:
+            raise ValueError("BatchOptions.convert does not apply to a ready ConversionService: it converts with "
+                             "its own options (build it with them)")
+        service = model
+    elif isinstance(model, ModelSource):
+        service = ConversionService.from_source(model, direction, opts.convert)
+    else:
+        raise TypeError(f"model must be a ModelSource or a ConversionService, not {type(model).__name__}")
     return convert_batch(service, inputs, output_dir, direction, opts)
 
 
@@ -311,21 +286,16 @@ def convert_batch(service: ConversionService, inputs: Sequence[str | os.PathLike
 
 class BatchConverter:
     """`run_batch` as an object for MONAI bundle configs (e.g. the inference ``evaluator``): the arguments are
-    stored at construction and ``run()`` converts and returns the exit status. ``inputs`` may be one path; the
-    model is a ``checkpoint``, a ``network`` (with ``spec``) or a `ConversionService` (``service``)."""
+    stored at construction and ``run()`` converts and returns the exit status. ``inputs`` may be one path."""
 
     def __init__(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
-                 direction: str, checkpoint: str | os.PathLike | None = None,
-                 network: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs: Any) -> None:
+                 direction: str, model: ModelSource | ConversionService, options: BatchOptions | None = None) -> None:
         self.inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        self.output_dir, self.direction = output_dir, direction
-        self.checkpoint, self.network, self.kwargs = checkpoint, network, kwargs
+        self.output_dir, self.direction, self.model, self.options = output_dir, direction, model, options
         self.status: int | None = None
 
     def run(self) -> int:
-        generator = None if self.checkpoint is not None or "service" in self.kwargs else self.network
-        self.status = run_batch(self.inputs, self.output_dir, self.direction, checkpoint=self.checkpoint,
-                                generator=generator, **self.kwargs)
+        self.status = run_batch(self.inputs, self.output_dir, self.direction, self.model, self.options)
         return self.status
 
     __call__ = run

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 from typing import Any
 
 from ctmri_monai import DIRECTIONS
 from ctmri_monai.convert.batch import run_batch
 from ctmri_monai.convert.cluster.args import add_cluster_arguments, cluster_spec
+from ctmri_monai.convert.options import BatchOptions, ConvertOptions, ModelSource
 from ctmri_monai.engines.runtimes import ENGINES
 from ctmri_monai.spec import FRAME_BY, FRAMINGS
 
 CHECKPOINT_HELP = "checkpoint .pt written by training, or a file from `ctmri export` (.onnx, .ts)"
 
 __all__ = ["CHECKPOINT_HELP", "add_contract_arguments", "add_convert_arguments", "add_disagreement_argument",
-           "add_engine_arguments", "contract_overrides", "main_convert"]
+           "add_engine_arguments", "contract_overrides", "main_convert", "run_options"]
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -66,11 +66,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def add_disagreement_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--no-disagreement`` of every command that converts."""
-    parser.add_argument("--no-disagreement", dest="disagreement", action="store_false",
-                        help="no disagreement map (default: <stem>_<direction>_disagreement.nii.gz beside each "
-                             "output, 1 = most suspect, and its figures in the report; costs three extra "
-                             "forward passes per slice)")
+    """``--disagreement`` (off by default; ``--no-disagreement`` is accepted) of every command that converts."""
+    parser.add_argument("--disagreement", action=argparse.BooleanOptionalAction, default=False,
+                        help="also write the disagreement map <stem>_<direction>_disagreement.nii.gz beside each "
+                             "output (1 = most suspect) and its figures in the report; off by default: it costs "
+                             "extra forward passes per slice and flags real mistakes little better than chance")
     return parser
 
 
@@ -95,6 +95,22 @@ def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def run_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments of `ConvertOptions.for_run` that a command's flags give (a cluster's workers apply them on
+    their own devices)."""
+    named = {k: getattr(args, k) for k in ("amp", "qa_threshold", "max_voxels", "mask_background", "series_uid")
+             if getattr(args, k, None) is not None}
+    return dict(device=args.device, engine=getattr(args, "engine", None), batch_size=args.batch_size,
+                threads=getattr(args, "threads", None), disagreement=bool(getattr(args, "disagreement", False)),
+                **named)
+
+
+def run_options(args: argparse.Namespace) -> ConvertOptions:
+    """The `ConvertOptions` of a command that converts (``ctmri convert``, ``ctmri serve``), through
+    `ConvertOptions.for_run`: device, engine, batch size and mixed precision derived once."""
+    return ConvertOptions.for_run(model=args.checkpoint, **run_request(args))
+
+
 def _dicomweb_client(url: str) -> Any:
     """dicomweb-client's HTTP client, or its serverless file client for ``file://`` URLs."""
     if url.startswith("file://"):
@@ -111,20 +127,14 @@ def main_dicomweb(args: argparse.Namespace) -> int:
     import json
 
     from ctmri_monai.convert.dicomweb import convert_dicomweb
-    from ctmri_monai.convert.options import ConvertOptions
     from ctmri_monai.convert.service import ConversionService
 
     if not args.study:
         print("ctmri convert: error: --dicomweb needs --study UID", file=sys.stderr)
         return 2
     try:
-        options = ConvertOptions(amp=args.amp, qa_threshold=args.qa_threshold, max_voxels=args.max_voxels,
-                                 mask_background=args.mask_background,
-                                 disagreement=getattr(args, "disagreement", True), **(
-                                     {"batch_size": args.batch_size} if args.batch_size else {}))
-        service = ConversionService.from_checkpoint(args.checkpoint, args.device, contract_overrides(args), options,
-                                                    engine=getattr(args, "engine", None),
-                                                    threads=getattr(args, "threads", None))
+        service = ConversionService.from_checkpoint(args.checkpoint, run_options(args),
+                                                    contract_overrides=contract_overrides(args))
         records = convert_dicomweb(_dicomweb_client(args.dicomweb), service, args.study, args.series,
                                    args.direction)
     except (ValueError, OSError, ImportError) as exc:  # ImportError: an engine not installed
@@ -145,21 +155,18 @@ def main_convert(args: argparse.Namespace) -> int:
         print(f"ctmri convert: error: converting files needs {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
+        model = ModelSource(checkpoint=args.checkpoint, contract_overrides=contract_overrides(args))
+        progress = getattr(args, "progress", True)
         cluster = cluster_spec(args)  # None: this process, and no Dask import
-        convert: Any = run_batch
         if cluster is not None:
             from ctmri_monai.convert.cluster.run import run_cluster_batch
 
-            convert = partial(run_cluster_batch, cluster=cluster)
-        return convert(
-            args.inputs, args.output_dir, args.direction, checkpoint=args.checkpoint,
-            batch_size=args.batch_size, device=args.device, amp=args.amp, overwrite=args.overwrite,
-            dicom=args.dicom,
-            series_uid=args.series_uid, progress=getattr(args, "progress", True),
-            qa_threshold=getattr(args, "qa_threshold", 0.90), max_voxels=getattr(args, "max_voxels", None),
-            mask_background=getattr(args, "mask_background", True), contract_overrides=contract_overrides(args),
-            disagreement=getattr(args, "disagreement", True), engine=getattr(args, "engine", None),
-            threads=getattr(args, "threads", None))
+            options = BatchOptions(overwrite=args.overwrite, dicom=args.dicom, progress=progress)
+            return run_cluster_batch(args.inputs, args.output_dir, args.direction, model, cluster, options,
+                                     request=run_request(args))
+        options = BatchOptions(convert=run_options(args), overwrite=args.overwrite, dicom=args.dicom,
+                               progress=progress)
+        return run_batch(args.inputs, args.output_dir, args.direction, model, options)
     except (ValueError, OSError, ImportError) as exc:  # engine, checkpoint, arguments: before any input
         print(f"ctmri convert: error: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ctmri_monai.convert.inputs import collect_inputs
 from ctmri_monai.convert.qa import gap_cell
 from ctmri_monai.io.errors import CtmriError
@@ -23,19 +21,18 @@ from ctmri_monai.io.paths import IMAGE_SUFFIXES
 from ctmri_monai.io.volume import load_volume
 from ctmri_monai.networks.loading import read_model_spec
 from ctmri_monai.spec import FRAME_BY, ModelSpec
+from ctmri_monai.transforms.frames import frame_volume
 from ctmri_monai.transforms.gap import FAR_HEAD_SIZE, domain_gap
 from ctmri_monai.transforms.mask import image_head_mask
-from ctmri_monai.transforms.pipelines import image_pipeline, volume_pipeline
+from ctmri_monai.transforms.pipelines import image_pipeline
 
 __all__ = ["gap_table", "image_gap", "main", "volume_gap"]
 
 
 def volume_gap(path: str | os.PathLike, spec: ModelSpec, domain: str) -> dict[str, Any]:
     """The domain gap of one volume file (or DICOM series folder) of ``domain`` on the contract ``spec``."""
-    image = load_volume(path).image
-    framed = volume_pipeline(spec, domain, head_key="head")({"image": image})
-    frames = framed["image"].as_tensor()[0].numpy()
-    return domain_gap(spec, domain, frames, np.asarray(framed["head"])[0] > 0)
+    frames = frame_volume(path, load_volume(path).image, spec, domain, check=False)
+    return domain_gap(spec, domain, frames.unit, frames.head)
 
 
 def image_gap(path: str | os.PathLike, spec: ModelSpec, domain: str,

@@ -7,8 +7,8 @@ target intensity (synthetic CT in HU through the model's window as int16, synthe
 NIfTI with the input's shape and affine, marked SYNTHETIC with its valid range.
 
 `convert_loaded` does everything in memory (the service object and the DICOM node use it); `write_converted`
-writes its NIfTI and DICOM outputs; `convert_volume` is both, for one file. With a backward generator and
-``options.disagreement``, the disagreement map (`ctmri_monai.convert.trust`) is computed from the same translation,
+writes its NIfTI and DICOM outputs; `convert_volume` is both, for one file. With ``options.disagreement``,
+the disagreement map (`ctmri_monai.convert.trust`) is computed from the same translation,
 its figures go into the report (``disagreement``), its flagged regions into the QA montage, and the map itself is
 written beside the output as ``<stem>_<direction>_disagreement.nii.gz``; it never changes the synthetic volume.
 """
@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -31,9 +30,10 @@ from ctmri_monai import DOMAINS
 from ctmri_monai.convert.options import ConvertOptions, split_options
 from ctmri_monai.convert.qa import MontageLayout, consistency_report, save_montage
 from ctmri_monai.convert.trust import disagreement_description, disagreement_path, volume_disagreement
-from ctmri_monai.engines.slices import translate_volume, valid_range
+from ctmri_monai.engines.slices import SliceRun, translate_volume, valid_range
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.io.nifti import nifti_image_like, output_error, write_nifti
+from ctmri_monai.io.orientation import axial_slice_numbers
 from ctmri_monai.io.paths import path_stem
 from ctmri_monai.io.volume import Volume, load_volume
 from ctmri_monai.spec import ModelSpec
@@ -57,17 +57,6 @@ def synthetic_description(source: str, target: str, model_info: Mapping[str, Any
     return (head + name + tail)[:80]
 
 
-def _axial_slice_numbers(volume: Volume, axcodes: str, depth: int) -> tuple[int | None, list[int]]:
-    """(axis of the input array that became the axial axis, input index of each oriented slice)."""
-    ornt = nib.orientations.io_orientation(volume.affine)
-    axial = [j for j in range(3) if int(ornt[j, 0]) == 2]
-    if len(axial) != 1 or volume.shape[axial[0]] != depth:
-        return None, list(range(depth))
-    j = axial[0]
-    flip = (ornt[j, 1] < 0) != (axcodes[2].upper() == "I")
-    return j, [depth - 1 - k if flip else k for k in range(depth)]
-
-
 def _check_route(source: str, target: str, spec: ModelSpec, model_info: Mapping[str, Any] | None) -> None:
     if source not in DOMAINS or target not in DOMAINS:
         raise ValueError(f"source and target must be in {DOMAINS}, got {source!r}, {target!r}")
@@ -77,13 +66,11 @@ def _check_route(source: str, target: str, spec: ModelSpec, model_info: Mapping[
 
 @dataclass(frozen=True)
 class Model:
-    """A generator with its data contract and what outputs record about it (`networks.loading.model_info`);
-    ``backward``: the checkpoint's other generator (the disagreement map needs it), None when unknown."""
+    """A generator with its data contract and what outputs record about it (`networks.loading.model_info`)."""
 
     generator: Callable[[torch.Tensor], torch.Tensor]
     spec: ModelSpec
     info: Mapping[str, Any] = field(default_factory=dict)
-    backward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -117,21 +104,17 @@ def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, 
     warnings = volume.warnings + check_contract(input_path, volume.image, spec, source)
     t = lap("load", t_start)
 
-    translation = translate_volume(input_path, volume.image, model.generator, spec, source, target,
-                                   batch_size=options.batch_size, device=device, amp=options.amp,
-                                   mask_background=options.mask_background, progress=progress,
-                                   inferer=options.inferer)
+    run = SliceRun(options.batch_size, device, options.amp, progress, options.inferer)
+    translation = translate_volume(input_path, volume.image, model.generator, spec, source, target, run,
+                                   mask_background=options.mask_background)
     warnings += translation.warnings
     timings.update(translation.timings)
     trust = None
-    if options.disagreement and model.backward is None:
-        logger.info("%s: no disagreement map (the model has no backward generator: give a checkpoint)", input_path)
-    elif options.disagreement:  # before the input image is freed: the map goes back onto its grid
+    if options.disagreement:
         t = time.perf_counter()
         run = {"batch_size": options.batch_size, "device": device, "amp": options.amp}
         try:
-            trust = volume_disagreement(translation, volume.image, volume.affine, spec,
-                                        (model.generator, model.backward), f"{source}2{target}", run)
+            trust = volume_disagreement(translation, model.generator, spec, f"{source}2{target}", run)
         except Exception as exc:  # noqa: BLE001 - the map is a warning on top: its failure must not lose the output
             logger.warning("%s: no disagreement map (%s: %s)", input_path, type(exc).__name__, exc)
             warnings.append(f"no disagreement map ({type(exc).__name__}: {exc})")
@@ -139,7 +122,8 @@ def convert_loaded(input_path: str | os.PathLike, volume: Volume, model: Model, 
     volume.image = None  # type: ignore[assignment]  # free the float32 copy of the input
     t = time.perf_counter()
 
-    axis, numbers = _axial_slice_numbers(volume, spec.geometry.axcodes, int(translation.source_unit.shape[-1]))
+    axis, numbers = axial_slice_numbers(volume.affine, volume.shape, spec.geometry.axcodes,
+                                        int(translation.source_unit.shape[-1]))
     source_unit, fake_unit = translation.source_unit, translation.fake_unit
     qa = consistency_report(source_unit, fake_unit, options.qa_threshold, slice_index=numbers)
     qa["slice_axis"] = axis
@@ -189,6 +173,8 @@ def write_converted(converted: Converted, output_path: str | os.PathLike, dicom_
             dmap = write_nifti(nifti_image_like(converted.disagreement, volume, description),
                                disagreement_path(output_path, report["direction"]))
             report["disagreement"]["map"] = str(dmap)
+        else:  # a map left by an earlier conversion does not describe this output (a batch would skip the pair)
+            disagreement_path(output_path, report["direction"]).unlink(missing_ok=True)
         if dicom_output_dir is not None:
             from ctmri_monai.io.dicom_write import write_dicom_series
 
@@ -208,7 +194,7 @@ def write_converted(converted: Converted, output_path: str | os.PathLike, dicom_
     return result
 
 
-_CALL_NAMES = ("model_info", "dicom_output_dir", "qa_dir", "progress", "volume", "backward")
+_CALL_NAMES = ("model_info", "dicom_output_dir", "qa_dir", "progress", "volume")
 
 
 def convert_volume(input_path: str | os.PathLike, output_path: str | os.PathLike,
@@ -221,8 +207,7 @@ def convert_volume(input_path: str | os.PathLike, output_path: str | os.PathLike
     ``options`` (`ConvertOptions`), or its fields by name (batch_size, device, amp, mask_background, qa_threshold,
     max_voxels, series_uid, inferer). Further names: ``model_info``; ``dicom_output_dir``; ``qa_dir`` (the montage
     folder); ``progress`` (an object with ``update(n)``, e.g. a tqdm bar, advanced per slice); ``volume``
-    (``input_path`` already loaded with `load_volume`, e.g. read ahead by a batch); ``backward`` (the other
-    generator of the checkpoint: with it and ``options.disagreement`` the disagreement map is written too).
+    (``input_path`` already loaded with `load_volume`, e.g. read ahead by a batch).
     Returns a dict: input, output, direction, shape, slices, seconds, timings, qa, warnings, value_range,
     dicom_output, dicom_series_uid, disagreement (the map's figures and path, or None). Bad input raises
     `InputError` or `ContractError` naming the file; nothing is left behind then.
@@ -241,7 +226,7 @@ def convert_volume(input_path: str | os.PathLike, output_path: str | os.PathLike
         raise InputError(input_path, "DICOM output needs a DICOM series input")
     qa_dir = call.get("qa_dir")
     montage = Path(qa_dir) / f"{path_stem(output_path)}_qa.png" if qa_dir is not None else None
-    model = Model(generator, spec, model_info or {}, call.get("backward"))
+    model = Model(generator, spec, model_info or {})
     converted = convert_loaded(input_path, volume, model, source, target, options, call.get("progress"), montage)
     converted.report["timings"]["load"] = round(converted.report["timings"]["load"] + converted.started - t_start,
                                                 4)

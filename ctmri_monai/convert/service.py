@@ -4,10 +4,9 @@
 logged contract overrides: the checkpoint is read once, its generators built once, its contract resolved once.
 It converts a loaded volume (`convert`), a DICOM series folder into a result holding the derived series'
 datasets (`convert_series`), or a file into NIfTI / DICOM outputs (`convert_file`, the batch's and
-``ctmri convert``'s road). The DICOM node and DICOMweb conversion go through it too. With the disagreement map on
-(``ConvertOptions.disagreement``, the default), the service also holds each direction's backward generator (the
-checkpoint's other one, read from the same checkpoint data), which the map's cycle signal needs; a model given
-without one converts without the map (logged). The generators may run on a CPU engine
+``ctmri convert``'s road). The DICOM node and DICOMweb conversion go through it too. The disagreement map
+(``ConvertOptions.disagreement``, off by default) needs the forward generator alone, so every model can give one,
+an exported file included. The generators may run on a CPU engine
 (`ctmri_monai.engines.runtimes`: torch, ONNX Runtime, OpenVINO); `from_exported` builds the service from a file
 of `ctmri export`, whose contract comes from the file alone.
 """
@@ -24,14 +23,13 @@ from typing import Any
 import torch
 
 from ctmri_monai import DIRECTIONS
-from ctmri_monai.convert.options import ConvertOptions
+from ctmri_monai.convert.options import ConvertOptions, ModelSource
 from ctmri_monai.convert.pipeline import Converted, Model, convert_loaded, convert_volume
 from ctmri_monai.io.dicom_write import DerivedSeries, derive_series
 from ctmri_monai.io.errors import ContractError, InputError
 from ctmri_monai.io.volume import Volume, load_volume
 from ctmri_monai.spec import ModelSpec
 from ctmri_monai.transforms.intensity import require_ct_window
-from ctmri_monai.utils.device import resolve_device
 
 __all__ = ["ConversionService", "SeriesConversion", "direction_for_modality", "resolve_contract",
            "reverse_direction"]
@@ -73,6 +71,16 @@ def resolve_contract(spec: ModelSpec | None, info: Mapping[str, Any],
     return spec
 
 
+def _run_options(options: Any, model: str | os.PathLike | None) -> ConvertOptions:
+    """``options``, or `ConvertOptions.for_run` for ``model`` when None; anything else is refused by name."""
+    if options is None:
+        return ConvertOptions.for_run(model=model)
+    if not isinstance(options, ConvertOptions):
+        raise TypeError(f"options must be ConvertOptions (e.g. ConvertOptions.for_run({options!r})), "
+                        f"not {type(options).__name__}")
+    return options
+
+
 def direction_for_modality(modality: str, available: Iterable[str], where: str = "series") -> str:
     """The direction for a series of ``modality`` (CT -> ct2mri, MR -> mri2ct) among ``available`` ones;
     `ContractError` naming ``where`` otherwise."""
@@ -93,13 +101,11 @@ class SeriesConversion:
 
 
 class ConversionService:
-    """One model (generators by direction, one contract) that converts many inputs with one set of options;
-    ``backward``: by direction, the other generator of the checkpoint when it is not among ``generators``."""
+    """One model (generators by direction, one contract) that converts many inputs with one set of options."""
 
     def __init__(self, generators: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], spec: ModelSpec | None,
                  model_info: Mapping[str, Any] | None = None, options: ConvertOptions | None = None,
-                 contract_overrides: Mapping[str, Any] | None = None,
-                 backward: Mapping[str, Callable[[torch.Tensor], torch.Tensor] | None] | None = None) -> None:
+                 contract_overrides: Mapping[str, Any] | None = None) -> None:
         unknown = sorted(set(generators) - set(DIRECTIONS))
         if unknown or not generators:
             raise ValueError(f"generators by direction {tuple(DIRECTIONS)} expected, got {sorted(generators)}")
@@ -109,28 +115,42 @@ class ConversionService:
         self.info = info
         self.generators = dict(generators)
         self.options = options or ConvertOptions()
-        given = dict(backward or {})
-        self.backward = {d: given.get(d) or self.generators.get(reverse_direction(d)) for d in self.generators}
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
-                        contract_overrides: Mapping[str, Any] | None = None, options: ConvertOptions | None = None,
-                        directions: Iterable[str] | None = None,
-                        loader: Callable[..., tuple[Any, dict]] | None = None, engine: str | None = None,
-                        threads: int | None = None) -> ConversionService:
-        """Read ``checkpoint`` once and build its generators (``directions``: default every one it holds) on
-        ``device``; ``loader(path, direction, device) -> (module, info)`` replaces the built-in loading.
-        ``engine`` ("torch", "onnxruntime", "openvino"; `ctmri_monai.engines.runtimes`) with ``threads`` runs
-        every generator (the backward ones too) on that CPU engine; an exported file goes to `from_exported`."""
+    def from_source(cls, source: ModelSource, direction: str,
+                    options: ConvertOptions | None = None) -> ConversionService:
+        """The service of a batch's `ModelSource` for ``direction`` (a checkpoint, or a generator with its
+        contract); ``options`` None: `ConvertOptions.for_run` for it."""
+        if source.checkpoint is not None:
+            return cls.from_checkpoint(source.checkpoint, options, contract_overrides=source.contract_overrides,
+                                       directions=[direction], loader=source.load_model)
+        options = options or ConvertOptions.for_run()
+        if options.engine is not None:
+            raise ValueError(f"engine {options.engine!r} runs a checkpoint or an exported file; a generator given "
+                             "in memory runs as it is (wrap it with engines.runtimes.engine_for_module)")
+        return cls({direction: source.generator}, source.spec, source.model_info, options, source.contract_overrides)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, options: ConvertOptions | None = None, *,
+                        contract_overrides: Mapping[str, Any] | None = None, directions: Iterable[str] | None = None,
+                        loader: Callable[..., tuple[Any, dict]] | None = None) -> ConversionService:
+        """Read ``checkpoint`` once and build its generators (``directions``: default every one it holds).
+        ``options``: as `ConvertOptions.for_run` built them
+        (default: for this checkpoint), whose engine (`ctmri_monai.engines.runtimes`) runs every generator;
+        ``loader(path, direction, device) -> (module, info)`` replaces the built-in loading. An exported file
+        goes to `from_exported`."""
         from ctmri_monai.networks.export import exported_format
 
+        options = _run_options(options, checkpoint)
         if exported_format(checkpoint) is not None:
-            return cls.from_exported(checkpoint, engine, threads, contract_overrides, options, directions)
-        engine = engine or ("torch" if threads else None)  # --threads alone: torch eager with that many threads
-        dev = resolve_device("cpu" if engine not in (None, "torch") else device)
-        options = (options or ConvertOptions()).replace(device=dev)
-        generators: dict[str, Any] = {}
+            if loader is not None:
+                raise ValueError(f"{checkpoint}: an exported file is opened by its engine; loader does not apply")
+            return cls.from_exported(checkpoint, options, contract_overrides, directions)
+        dev, engine = options.device, options.engine
         if loader is not None:
+            if engine is not None:
+                raise ValueError(f"a loader builds the generators itself: engine {engine!r} does not apply")
+            generators: dict[str, Any] = {}
             info: dict[str, Any] = {}
             for direction in directions or DIRECTIONS:
                 generators[direction], info = loader(checkpoint, direction, str(dev))
@@ -140,43 +160,37 @@ class ConversionService:
 
         data = load_checkpoint(checkpoint, map_location="cpu")
         wanted = list(directions) if directions is not None else [d for d in DIRECTIONS if f"generator_{d}" in data]
-        for direction in wanted:
-            generators[direction] = generator_from(data, direction, checkpoint, dev)
-        backward: dict[str, Any] = {}
-        if options.disagreement:  # the map's backward generators, from the same checkpoint data, each built once
-            for direction in wanted:
-                other = reverse_direction(direction)
-                if other not in generators and f"generator_{other}" in data:
-                    backward[direction] = generator_from(data, other, checkpoint, dev)
+        generators = {d: generator_from(data, d, checkpoint, dev) for d in wanted}
         spec = ModelSpec.from_state(data.get("model_spec"))
         if engine is not None:
             from ctmri_monai.engines.runtimes import engine_for_module
 
-            generators = {d: engine_for_module(g, spec, engine, threads) for d, g in generators.items()}
-            backward = {d: engine_for_module(g, spec, engine, threads) for d, g in backward.items()}
+            generators = {d: engine_for_module(g, spec, engine, options.threads) for d, g in generators.items()}
         info = model_info(checkpoint, wanted[0] if len(wanted) == 1 else "", spec)
         if engine is not None:
             info["engine"] = engine
-        return cls(generators, spec, info, options, contract_overrides, backward)
+        return cls(generators, spec, info, options, contract_overrides)
 
     @classmethod
-    def from_exported(cls, path: str | os.PathLike, engine: str | None = None, threads: int | None = None,
-                      contract_overrides: Mapping[str, Any] | None = None, options: ConvertOptions | None = None,
+    def from_exported(cls, path: str | os.PathLike, options: ConvertOptions | None = None,
+                      contract_overrides: Mapping[str, Any] | None = None,
                       directions: Iterable[str] | None = None) -> ConversionService:
-        """A service on an exported file (`ctmri export`) run by ``engine`` on the CPU: its contract and its
-        direction come from the file alone (`ContractError` for a file without one). One direction, no backward
-        generator: conversions go without the disagreement map (logged)."""
+        """A service on an exported file (`ctmri export`) run by ``options.engine`` on the CPU: its contract and
+        its direction come from the file alone (`ContractError` for a file without one)."""
         from ctmri_monai.engines.runtimes import open_exported
         from ctmri_monai.utils.hashing import file_sha256
 
-        runner, contract = open_exported(path, engine, threads)
+        options = _run_options(options, path)
+        if torch.device(options.device).type != "cpu":
+            raise ValueError(f"{path}: an exported file runs on the CPU, not on {options.device}: build the "
+                             "options with ConvertOptions.for_run(model=path)")
+        runner, contract = open_exported(path, options.engine, options.threads)
         direction = contract["direction"]
         if directions is not None and direction not in set(directions):
             raise ContractError(path, f"an exported {direction} generator; {', '.join(directions)} was asked for")
         spec = ModelSpec.from_state(contract["model_spec"])
         info = {"file": str(path), "sha256": file_sha256(path), "direction": direction, "engine": runner.name,
                 "source_sha256": contract.get("source_sha256"), "source_checkpoint": contract.get("source_checkpoint")}
-        options = (options or ConvertOptions()).replace(device=torch.device("cpu"))
         return cls({direction: runner}, spec, info, options, contract_overrides)
 
     @property
@@ -189,12 +203,11 @@ class ConversionService:
         if direction not in self.generators:
             raise ContractError(self.info.get("file") or "model",
                                 f"no {direction} generator (it has {', '.join(self.generators)})")
-        return Model(self.generators[direction], self.spec, dict(self.info, direction=direction),
-                     self.backward.get(direction))
+        return Model(self.generators[direction], self.spec, dict(self.info, direction=direction))
 
     def writes_map(self, direction: str) -> bool:
-        """Whether conversions of ``direction`` write a disagreement map (on, and a backward generator known)."""
-        return bool(self.options.disagreement) and self.backward.get(direction) is not None
+        """Whether conversions of ``direction`` write a disagreement map (the forward generator is enough)."""
+        return bool(self.options.disagreement) and direction in self.generators
 
     def convert(self, volume: Volume, direction: str, progress: Any = None,
                 montage: Path | None = None) -> Converted:
@@ -224,4 +237,4 @@ class ConversionService:
         model = self.model(direction)
         source, target = DIRECTIONS[direction]
         return convert_volume(path, output, model.generator, self.spec, source, target, self.options,
-                              model_info=self.info, backward=model.backward, **outputs)
+                              model_info=self.info, **outputs)

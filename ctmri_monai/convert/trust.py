@@ -1,9 +1,9 @@
 """The disagreement map on the conversion road: computed from a translation, brought onto the input's grid, its
 figures for the report, its file name, NIfTI description and table cell.
 
-`volume_disagreement` runs `ctmri_monai.engines.disagreement.disagreement_map` on the translation's frames and
-`on_input_grid` for the map and the head mask (> 0.5), then `ctmri_monai.metrics.flagged.flag_figures` on the
-input's grid. It needs the loaded input image, so the pipeline calls it before freeing it.
+`volume_disagreement` runs `ctmri_monai.engines.disagreement.disagreement_map` on the translation's frames with the
+forward generator alone (so an exported model gives a map too), brings it onto the input's grid with the frames'
+own inverse (no preprocessing runs again), then `ctmri_monai.metrics.flagged.flag_figures` on that grid.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 
-from ctmri_monai.engines.disagreement import disagreement_map, on_input_grid
+from ctmri_monai.engines.disagreement import disagreement_map
 from ctmri_monai.engines.slices import Translation
+from ctmri_monai.io.orientation import left_right_axis
 from ctmri_monai.io.paths import path_stem
 from ctmri_monai.metrics.flagged import flag_figures, flag_mask
 from ctmri_monai.spec import ModelSpec
@@ -41,25 +41,23 @@ class VolumeDisagreement:
     figures: dict[str, Any]
 
 
-def volume_disagreement(translation: Translation, image: MetaTensor, affine: np.ndarray, spec: ModelSpec,
-                        generators: tuple[Generator, Generator], direction: str,
+def volume_disagreement(translation: Translation, generator: Generator, spec: ModelSpec, direction: str,
                         run: Mapping[str, Any]) -> VolumeDisagreement:
-    """The disagreement map of one conversion: ``translation`` of the loaded ``image`` (still on the input's
-    grid, whose ``affine`` gives patient coordinates), ``generators`` (forward, backward) of ``direction``;
-    ``run``: batch_size, device, amp as for conversion."""
-    forward, backward = generators
-    source = direction.split("2")[0]
-    codes = spec.geometry.axcodes.upper()
-    flip_axis = 0 if codes[0] in "LR" else 1  # the frames' left-right axis (1 for the default "PLS")
-    result = disagreement_map(translation.source_unit, translation.fake_unit, forward, backward, direction,
-                              head=translation.source_mask, context=spec.geometry.context_slices,
-                              flip_axis=flip_axis, **run)
-    grid = np.clip(on_input_grid(result.map, image, spec, source), 0.0, 1.0).astype(np.float32)
-    head = on_input_grid(translation.source_mask.astype(np.float32), image, spec, source) > 0.5
-    figures = flag_figures(grid, head, affine)
+    """The disagreement map of one conversion: ``translation`` (its frames and their inverse) made by
+    ``generator`` in ``direction`` on the contract ``spec``; ``run``: batch_size, device, amp as for conversion."""
+    frames = translation.frames
+    head = np.asarray(frames.head, bool)
+    flip_axis = left_right_axis(spec.geometry.axcodes)
+    result = disagreement_map(translation.source_unit, translation.fake_unit, generator, direction, head=head,
+                              context=spec.geometry.context_slices, flip_axis=flip_axis, **run)
+    inverse = frames.inverse
+    input_head = np.asarray(inverse.input_head, bool)
+    grid = np.clip(inverse.to_input(result.map), 0.0, 1.0).astype(np.float32)
+    grid[~input_head] = 0.0  # resampling may carry the map's edge past the input's head
+    figures = flag_figures(grid, input_head, inverse.affine)
     figures.update(scales={k: round(v, 4) for k, v in result.scales.items()}, passes=result.passes,
                    seconds=result.seconds)
-    return VolumeDisagreement(grid, flag_mask(result.map, translation.source_mask), figures)
+    return VolumeDisagreement(grid, flag_mask(result.map, head), figures)
 
 
 def disagreement_path(output: str | os.PathLike, direction: str) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
 from torch import nn
 
 from ctmri_monai.networks.export import export_module, exported_format, read_contract
@@ -49,9 +50,7 @@ def _package(engine: str) -> Any:
 
 
 def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().as_subclass(torch.Tensor).to("cpu", torch.float32).numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(convert_to_numpy(x, dtype=np.float32))
 
 
 class TorchEngine:

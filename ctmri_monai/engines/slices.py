@@ -1,12 +1,12 @@
 """Translating a volume in memory, slice by slice, on a model's data contract: what conversion and paired
 evaluation share.
 
-`translate_volume`: a loaded (1, X, Y, Z) volume -> the model's `volume_pipeline` with the input's head mask (from
-its own units: HU, raw MRI; carried through the same orientation and framing onto the frames) -> generator over
-axial slices (or 2k + 1 slice stacks) in batches (MONAI ``SliceInferer``) -> background outside that head mask ->
-MONAI inverse of framing and orientation -> the target domain's values (synthetic CT in HU through the model's
-window, synthetic MRI in [-1, 1]) on the input's exact grid; with the domain gap of the frames
-(`ctmri_monai.transforms.gap`).
+`translate_volume`: a loaded (1, X, Y, Z) volume -> its frames, once (`frame_volume`: orientation, intensity,
+framing, the input's head mask from its own units carried onto the frames) -> generator over axial slices (or
+2k + 1 slice stacks) in batches (MONAI ``SliceInferer``) -> back onto the input's exact grid by the frames' inverse
+-> background outside the input's head mask -> the target domain's values (synthetic CT in HU through the model's
+window, synthetic MRI in [-1, 1]); with the domain gap of the frames (`ctmri_monai.transforms.gap`). The returned
+`Translation` keeps the frames and their inverse, so the map and QA need no second preprocessing.
 """
 
 from __future__ import annotations
@@ -20,21 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.data.utils import affine_to_spacing
 from monai.inferers import SliceInferer
 
-from ctmri_monai.io.errors import InputError, find_input_error
 from ctmri_monai.spec import ModelSpec
-from ctmri_monai.transforms.checks import check_framing
 from ctmri_monai.transforms.context import slice_stacks
+from ctmri_monai.transforms.frames import FramedVolume, frame_volume
 from ctmri_monai.transforms.gap import domain_gap
 from ctmri_monai.transforms.intensity import ct_from_unit, require_ct_window
-from ctmri_monai.transforms.mask import input_head_mask
-from ctmri_monai.transforms.pipelines import volume_pipeline
-from ctmri_monai.transforms.spatial import InPlaneFramed
 from ctmri_monai.utils.amp import autocast, autocast_dtype
 
-__all__ = ["BACKGROUND", "Translation", "infer_slices", "to_target_domain", "translate_volume", "valid_range"]
+__all__ = ["BACKGROUND", "SliceRun", "Translation", "infer_slices", "to_target_domain", "translate_volume",
+           "valid_range"]
 
 #: What is written outside the input's head mask: air (HU) in synthetic CT, the bottom of the scale in MRI.
 BACKGROUND = {"ct": -1000.0, "mri": -1.0}
@@ -115,46 +111,58 @@ def to_target_domain(unit: torch.Tensor, target: str, spec: ModelSpec,
     return values.numpy()
 
 
-def _framing(pipeline: Any) -> InPlaneFramed:
-    return next(t for t in pipeline.transforms if isinstance(t, InPlaneFramed))
+@dataclass(frozen=True)
+class SliceRun:
+    """How the generator runs over the slices (`infer_slices`): ``batch_size`` slices a batch on ``device``,
+    mixed precision with ``amp`` on CUDA, a ``progress`` bar (``update(n)``), an ``inferer`` replacing the
+    default ``SliceInferer``."""
+
+    batch_size: int = 16
+    device: str | torch.device = "cpu"
+    amp: bool = True
+    progress: Any = None
+    inferer: SliceInferer | None = None
 
 
 @dataclass
 class Translation:
-    """A translated volume: ``output`` on the input's grid in the target domain; the generator's ``source_unit``
-    input, its head mask ``source_mask`` and the raw ``fake_unit`` output on its (S, S, D) frames and their voxel
-    ``spacing`` (mm); ``warnings`` of the framing check; ``timings`` (seconds) of preprocess, inference and
-    invert; ``gap``: the domain gap figures (`ctmri_monai.transforms.gap.domain_gap`)."""
+    """A translated volume: ``output`` on the input's grid in the target domain; ``frames`` the input on the
+    network's frames with its head mask and the way back (`FramedVolume`, ``frames.inverse.to_input``);
+    ``fake_unit`` the raw generator output on the frames ((S, S, D) float32 in [-1, 1]); ``warnings`` of the
+    framing check and the domain gap; ``timings`` (seconds) of preprocess, inference and invert; ``gap``: the
+    domain gap figures (`ctmri_monai.transforms.gap.domain_gap`)."""
 
     output: np.ndarray
-    source_unit: np.ndarray
-    source_mask: np.ndarray
+    frames: FramedVolume
     fake_unit: np.ndarray
     warnings: list[str]
     timings: dict[str, float]
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     gap: dict[str, Any] | None = None
 
+    @property
+    def source_unit(self) -> np.ndarray:
+        """The generator's input frames, (S, S, D) float32 in [-1, 1]."""
+        return self.frames.unit
 
-def translate_volume(
-    path: str | os.PathLike,
-    image: MetaTensor,
-    generator: Callable[[torch.Tensor], torch.Tensor],
-    spec: ModelSpec,
-    source: str,
-    target: str,
-    *,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    amp: bool = True,
-    mask_background: bool = True,
-    progress: Any = None,
-    inferer: SliceInferer | None = None,
-) -> Translation:
+    @property
+    def source_mask(self) -> np.ndarray:
+        """The input's head mask on the frames, (S, S, D) bool."""
+        return self.frames.head
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """The frames' voxel size (mm)."""
+        return self.frames.spacing
+
+
+def translate_volume(path: str | os.PathLike, image: MetaTensor, generator: Callable[[torch.Tensor], torch.Tensor],
+                     spec: ModelSpec, source: str, target: str, run: SliceRun | None = None, *,
+                     mask_background: bool = True) -> Translation:
     """Translate a loaded (1, X, Y, Z) ``image`` (from ``path``, named in errors) of ``source`` into ``target`` on
-    the contract ``spec`` (module docstring). ``mask_background``: write background outside the input's head
-    mask, where the generator can only invent tissue."""
-    device = torch.device(device)
+    the contract ``spec`` (module docstring), the generator run as ``run`` says. ``mask_background``: write
+    background outside the input's head mask, where the generator can only invent tissue."""
+    run = run or SliceRun()
+    device = torch.device(run.device)
     clock = [time.perf_counter()]
     timings: dict[str, float] = {}
 
@@ -162,47 +170,18 @@ def translate_volume(
         clock.append(time.perf_counter())
         timings[name] = round(clock[-1] - clock[-2], 4)
 
-    pipeline = volume_pipeline(spec, source, head_key="head")
-    try:
-        raw_mask = input_head_mask(image, source)  # on the input's grid, in its own units
-        framed = pipeline({"image": image, "head": raw_mask})
-        x = framed["image"]
-    except Exception as exc:  # MONAI wraps a transform's error in RuntimeError: report the project error inside
-        err = find_input_error(exc)
-        if err is not None:
-            raise type(err)(path, err.problem) from exc
-        raise InputError(path, f"preprocessing failed ({type(exc).__name__}: {exc})") from exc
-    source_unit = x.as_tensor()[0].numpy()
-    source_mask = np.asarray(framed.pop("head"))[0] > 0  # the same mask, oriented and framed like the input
-    warnings = check_framing(path, x, _framing(pipeline).frame.last_resized_size, spec, source_mask)
-    gap = domain_gap(spec, source, source_unit, source_mask)
-    if gap["far"]:
-        warnings.append(gap["message"])
+    frames = frame_volume(path, image, spec, source)
+    gap = domain_gap(spec, source, frames.unit, frames.head)
+    warnings = list(frames.warnings) + ([gap["message"]] if gap["far"] else [])
     lap("preprocess")
-    if progress is not None and hasattr(progress, "reset"):
-        progress.reset(total=int(x.shape[-1]))
-    fake = infer_slices(_prepare_generator(generator, device), x, batch_size, device, amp, progress, inferer,
-                        spec.geometry.context_slices)
+    if run.progress is not None and hasattr(run.progress, "reset"):
+        run.progress.reset(total=int(frames.image.shape[-1]))
+    fake = infer_slices(_prepare_generator(generator, device), frames.image, run.batch_size, device, run.amp,
+                        run.progress, run.inferer, spec.geometry.context_slices)[0].numpy()
     lap("inference")
-    fake_unit = fake[0].numpy()
-    spacing = tuple(float(v) for v in affine_to_spacing(x.affine, r=3))
-
-    # Invert framing and orientation with MONAI; background goes outside the head mask of the input on its own grid
-    # (no resampling erodes its edge). The prediction must be a MetaTensor carrying the input's applied operations,
-    # or the inverse is silently skipped.
-    pred = MetaTensor(fake[0][None], meta=dict(x.meta), applied_operations=list(x.applied_operations))
-    del x, fake
-    restored = pipeline.inverse({"image": pred})["image"]
-    del pred
-    shape = tuple(int(s) for s in image.shape[1:])
-    if tuple(restored.shape[1:]) != shape:
-        raise InputError(path, f"internal error: inverted shape {tuple(restored.shape[1:])} differs from the "
-                               f"input's {shape}")
-    if not np.allclose(np.asarray(restored.affine, np.float64), np.asarray(image.affine, np.float64), atol=1e-3):
-        raise InputError(path, "internal error: inverted affine differs from the input's")
-    unit = restored.as_tensor()
-    outside = torch.from_numpy(~raw_mask) if mask_background else None
-    output = to_target_domain(unit[0], target, spec, outside)
+    # Background goes outside the head mask of the input on its own grid (no resampling erodes its edge).
+    unit = torch.from_numpy(frames.inverse.to_input(fake))
+    outside = torch.from_numpy(~frames.inverse.input_head) if mask_background else None
+    output = to_target_domain(unit, target, spec, outside)
     lap("invert")
-    return Translation(output, source_unit, source_mask, fake_unit, warnings, timings, spacing,  # type: ignore[arg-type]
-                       gap)
+    return Translation(output, frames, fake, warnings, timings, gap)

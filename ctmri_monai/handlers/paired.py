@@ -32,14 +32,14 @@ from PIL import Image
 
 from ctmri_monai.data.folders import IMAGE_FOLDERS, VOLUME_FOLDERS, manifest_test_subjects, split_files
 from ctmri_monai.data.unpaired import dataset_transforms
-from ctmri_monai.engines.slices import Translation, translate_volume
+from ctmri_monai.engines.slices import SliceRun, Translation, translate_volume
 from ctmri_monai.io.volume import load_volume
 from ctmri_monai.metrics.consistency import ngf_alignment, z_gradient_correlation, z_roughness_ratio
 from ctmri_monai.metrics.paired import CT_DATA_RANGE, CT_HU_RANGE, PairedAccumulator, dice
 from ctmri_monai.spec import ModelSpec
-from ctmri_monai.transforms.intensity import MRINormalize, ct_from_unit, ct_to_unit, eight_bit_to_unit
+from ctmri_monai.transforms.intensity import MRINormalize, ct_from_unit, eight_bit_to_unit
 from ctmri_monai.transforms.loading import pil_to_gray
-from ctmri_monai.transforms.mask import head_mask
+from ctmri_monai.transforms.mask import image_head_mask, input_head_mask, physical_head_mask
 from ctmri_monai.transforms.pipelines import ORIENTATION_LABELS
 
 __all__ = ["PairedMetricsHandler", "evaluate_image_pairs", "evaluate_volume_pairs", "held_out_image_pairs",
@@ -105,15 +105,15 @@ def evaluate_volume_pairs(pairs: Sequence[tuple[Path, Path]], generators: Mappin
         real_ct, real_mri = load_volume(ct_path).image, load_volume(mri_path).image
         ct_hu, mri_values = _ras(real_ct), _ras(real_mri)
         real = {"ct": ct_hu, "mri": np.asarray(MRINormalize(spec.mri.percentiles)(torch.from_numpy(mri_values)))}
-        mask = head_mask(ct_to_unit(ct_hu, window).numpy())
+        mask = physical_head_mask(ct_hu, "ct")  # in HU: a brain window's black fat and skin are head
         fake = {}
         for direction, (path, image, source, target) in {"mri2ct": (mri_path, real_mri, "mri", "ct"),
                                                          "ct2mri": (ct_path, real_ct, "ct", "mri")}.items():
             result = translate_volume(path, image, generators[direction], spec, source, target,
-                                      batch_size=batch_size, device=device, amp=False)
+                                      SliceRun(batch_size, device, amp=False))
             fake[direction] = _ras(MetaTensor(torch.from_numpy(result.output.astype(np.float32))[None],
                                               affine=image.affine))
-            figures = volume_consistency(fake[direction], real[source], real[target], mask, result)
+            figures = volume_consistency(fake[direction], real[source], real[target], mask, result, target)
             for key, value in figures.items():
                 volume_figures.setdefault(f"{key}_{direction}", []).append(value)
         ct_acc.add(fake["mri2ct"], ct_hu, mask)
@@ -125,14 +125,22 @@ def evaluate_volume_pairs(pairs: Sequence[tuple[Path, Path]], generators: Mappin
 
 
 def volume_consistency(output: np.ndarray, source: np.ndarray, reference: np.ndarray, mask: np.ndarray,
-                       translation: Translation) -> dict[str, float]:
+                       translation: Translation, target: str) -> dict[str, float]:
     """A converted volume's figures beside its paired metrics: ``through_plane_vs_real`` (z-gradient correlation
     with the real target; conversion's QA ``through_plane`` compares with the input instead), ``roughness``
     (slice-to-slice roughness over the input's, 1 is best), ``structure`` (edge alignment with the input,
-    `ngf_alignment`), and ``dice`` (head masks of the generator's input and output)."""
+    `ngf_alignment`), and ``dice`` (head masks of the input and the output on the input's grid, each in its own
+    units: HU for CT, so a brain window's black fat and skin count as head)."""
     return {"through_plane_vs_real": z_gradient_correlation(output, reference, mask),
             "roughness": z_roughness_ratio(output, source, mask), "structure": ngf_alignment(output, source, mask),
-            "dice": dice(translation.source_mask, head_mask(translation.fake_unit))}
+            "dice": dice(translation.frames.inverse.input_head, output_head_mask(translation, target))}
+
+
+def output_head_mask(translation: Translation, target: str) -> np.ndarray:
+    """Head mask of a translation's output (of domain ``target``) on the input's grid, in the output's units."""
+    inverse = translation.frames.inverse
+    output = MetaTensor(torch.from_numpy(translation.output.astype(np.float32))[None], affine=inverse.affine)
+    return input_head_mask(output, target)
 
 
 def _png_unit(path: Path) -> torch.Tensor:
@@ -161,7 +169,7 @@ def evaluate_image_pairs(pairs: Sequence[tuple[Path, Path]], generators: Mapping
                 y = net(x.as_tensor()[None].to(device)).float().cpu()[0]
             y = MetaTensor(y, meta=dict(x.meta), applied_operations=list(x.applied_operations))
             fake[direction] = transforms[domain].inverse({"image": y})["image"].as_tensor()[0].clamp(-1.0, 1.0)
-        mask = head_mask(real_ct.numpy())
+        mask = image_head_mask(real_ct.numpy())  # the whole head, as the volumes' HU mask
         ct_win.add(ct_from_unit(fake["mri2ct"], window).numpy(), ct_from_unit(real_ct, window).numpy(), mask)
         mri_acc.add(fake["ct2mri"].numpy(), real_mri.numpy(), mask)
     return _scores(None, ct_win, mri_acc, len(pairs))

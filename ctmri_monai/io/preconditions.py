@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from ctmri_monai.io.errors import ContractError, InputError
+from ctmri_monai.io.orientation import axial_axis
 
 __all__ = ["MIN_FIELD_OF_VIEW_MM", "OBLIQUE_WARN_DEGREES", "check_dicom_geometry", "check_extent",
            "check_itk_geometry", "check_nifti_header", "check_slice_count", "check_value_type", "check_voxel_size",
@@ -178,8 +179,7 @@ def check_voxel_size(path: PathLike, affine: np.ndarray, needed_by: str) -> None
 
 def _in_plane(affine: np.ndarray, shape: Sequence[int]) -> tuple[list[float], int]:
     """(extent in mm of the two in-plane array axes, the axial array axis) of a voxel grid."""
-    ornt = nib.orientations.io_orientation(affine)
-    axial = next(j for j in range(3) if int(ornt[j, 0]) == 2)
+    axial = axial_axis(affine)
     sizes = np.linalg.norm(affine[:3, :3], axis=0) * np.asarray(shape[:3], np.float64)
     return [float(sizes[j]) for j in range(3) if j != axial], axial
 

@@ -1,10 +1,11 @@
 """Figures and pictures from a disagreement map (`ctmri_monai.engines.disagreement`): what is flagged, where, and
 how well a map finds known errors.
 
-* `flag_mask`: the flagged voxels: map >= ``FLAG_THRESHOLD`` inside the head, holes closed slice by slice (an
-  error's edges enclose it), components under ``min_voxels`` dropped.
+* `flag_mask`: the flagged voxels: map >= ``FLAG_THRESHOLD`` inside the head, holes closed axial slice by slice
+  (an error's edges enclose it), components under ``min_voxels`` dropped.
 * `flag_figures`: the share of head voxels flagged, the flagged regions (count; each with voxels, volume in mm^3,
-  centroid in voxel indices and in the affine's patient coordinates, peak), the worst slices.
+  centroid in voxel indices and in the affine's patient coordinates, peak), the worst axial slices. The axial
+  axis comes from the affine: sagittal and coronal acquisitions store it first or second.
 * `outline_regions`: an RGB picture of a slice with the flagged regions' outlines drawn on it (QA montage).
 * `voxel_auroc`, `region_dice`: how well a map separates known (planted or measured) error voxels from the rest.
 """
@@ -17,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.stats import rankdata
 
+from ctmri_monai.io.orientation import axial_axis
 from ctmri_monai.metrics.paired import dice
 
 __all__ = ["FLAG_THRESHOLD", "MIN_REGION_VOXELS", "flag_figures", "flag_mask", "outline_regions", "region_dice",
@@ -30,14 +32,14 @@ MIN_REGION_VOXELS = 4
 
 
 def flag_mask(dmap: np.ndarray, head: np.ndarray | None = None, threshold: float = FLAG_THRESHOLD,
-              min_voxels: int = MIN_REGION_VOXELS) -> np.ndarray:
-    """Boolean flagged voxels of an (X, Y, Z) map with axial slices along the last axis (module docstring)."""
+              min_voxels: int = MIN_REGION_VOXELS, axis: int = 2) -> np.ndarray:
+    """Boolean flagged voxels of a 3D map whose axial slices lie along array ``axis`` (module docstring)."""
     m = np.asarray(dmap) >= threshold
     head = np.ones(m.shape, bool) if head is None else np.asarray(head, bool)
     m &= head
-    for k in range(m.shape[2]):
-        if m[:, :, k].any():
-            m[:, :, k] = ndimage.binary_fill_holes(m[:, :, k]) & head[:, :, k]
+    for k in np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != axis))):
+        plane = (slice(None),) * axis + (k,)
+        m[plane] = ndimage.binary_fill_holes(m[plane]) & head[plane]
     labels, n = ndimage.label(m)
     if n:
         sizes = np.bincount(labels.ravel())
@@ -50,12 +52,14 @@ def flag_figures(dmap: np.ndarray, head: np.ndarray, affine: np.ndarray | None =
                  worst: int = 3, max_regions: int = 10) -> dict[str, Any]:
     """What a reader needs from a map on a volume's grid: ``flagged_share`` of head voxels, ``regions`` (count and
     the ``max_regions`` largest: voxels, volume_mm3, centroid_voxel, centroid_patient (the ``affine``'s world
-    coordinates, e.g. RAS mm for NIfTI), peak), ``worst_slices`` (the ``worst`` slices with the most flagged
-    voxels, with their count), the ``threshold`` and ``min_voxels`` used. JSON-ready."""
+    coordinates, e.g. RAS mm for NIfTI), peak), ``worst_slices`` (the ``worst`` axial slices with the most flagged
+    voxels, with their index along the affine's axial axis and their count), the ``threshold`` and ``min_voxels``
+    used. JSON-ready."""
     dmap, head = np.asarray(dmap, np.float32), np.asarray(head, bool)
     affine = np.eye(4) if affine is None else np.asarray(affine, np.float64)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    flagged = flag_mask(dmap, head, threshold, min_voxels)
+    axis = axial_axis(affine)
+    flagged = flag_mask(dmap, head, threshold, min_voxels, axis)
     labels, n = ndimage.label(flagged)
     regions = []
     if n:
@@ -70,7 +74,7 @@ def flag_figures(dmap: np.ndarray, head: np.ndarray, affine: np.ndarray | None =
                             "centroid_voxel": [round(float(v), 1) for v in c],
                             "centroid_patient": [round(float(v), 1) for v in world[:3]],
                             "peak": round(float(peaks[i]), 3)})
-    per_slice = flagged.sum(axis=(0, 1))
+    per_slice = flagged.sum(axis=tuple(a for a in range(3) if a != axis))
     order = [int(k) for k in np.argsort(-per_slice, kind="stable")[:worst] if per_slice[k] > 0]
     return {
         "flagged_share": round(float(flagged.sum()) / max(int(head.sum()), 1), 5),

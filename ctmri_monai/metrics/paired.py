@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
 from scipy.ndimage import gaussian_filter
 
 __all__ = ["CT_DATA_RANGE", "CT_HU_RANGE", "PairedAccumulator", "dice", "mae", "paired_metrics", "psnr", "ssim",
@@ -25,10 +26,9 @@ CT_DATA_RANGE = CT_HU_RANGE[1] - CT_HU_RANGE[0]
 
 
 def _np(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        return x.numpy() if x.dtype == torch.bool else x.double().numpy()
-    return np.asarray(x)
+    """Masks stay boolean; values are compared in float64."""
+    array = convert_to_numpy(x)
+    return array if array.dtype == bool or not isinstance(x, torch.Tensor) else array.astype(np.float64)
 
 
 def _prepare(

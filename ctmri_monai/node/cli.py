@@ -18,6 +18,7 @@ from ctmri_monai.convert.cli import (
     add_disagreement_argument,
     add_engine_arguments,
     contract_overrides,
+    run_options,
 )
 
 __all__ = ["add_jobs_arguments", "add_serve_arguments", "format_jobs", "main_jobs", "main_serve"]
@@ -67,12 +68,10 @@ def _is_loopback(host: str) -> bool:
 
 def main_serve(args: argparse.Namespace) -> int:
     """Run the node until SIGTERM / SIGINT; then finish the conversion under way and exit 0."""
-    from ctmri_monai.convert import ConversionService, ConvertOptions
-    from ctmri_monai.convert.batch import default_batch_size
+    from ctmri_monai.convert import ConversionService
     from ctmri_monai.node.sender import Destination
     from ctmri_monai.node.server import Node, NodeConfig
     from ctmri_monai.node.spool import Spool
-    from ctmri_monai.utils.device import resolve_device
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug dumps would show patient fields
@@ -85,11 +84,8 @@ def main_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         destination = Destination.parse(args.destination) if args.destination else None
-        device = resolve_device(args.device)
-        options = ConvertOptions(batch_size=args.batch_size or default_batch_size(device), device=device,
-                                 disagreement=args.disagreement)
-        service = ConversionService.from_checkpoint(args.checkpoint, device, contract_overrides(args), options,
-                                                    engine=args.engine, threads=args.threads)
+        service = ConversionService.from_checkpoint(args.checkpoint, run_options(args),
+                                                    contract_overrides=contract_overrides(args))
     except (ValueError, OSError, ImportError) as exc:  # ImportError: an engine not installed
         print(f"ctmri serve: error: {exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,8 @@ Two figures per volume, both against the contract's `TrainingReference` of the s
 * ``intensity_ratio``: the 1-Wasserstein distance between the in-head [-1, 1] values the generator gets and the
   training images' in-head values (from their recorded quantiles), over the distance between two random halves of
   the training set (``halves_distance``). 1 is as close as training is to itself.
-* ``head_size_ratio``: the framed head's extent (longer side of its bounding box over the whole volume, frame px)
-  over the training median.
+* ``head_size_ratio``: the framed head's median per-slice extent (longer side of each slice's bounding box, frame
+  px, `slice_extent`) over the training images' median.
 
 A volume is "far from training" when its intensity distance exceeds what single training images (volumes, for
 models trained on volumes) reach (the 95th percentile of their distances to the whole training set,
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ctmri_monai.spec import QUANTILE_LEVELS, ModelSpec
-from ctmri_monai.transforms.mask import mask_extent
+from ctmri_monai.transforms.mask import slice_extent
 
 __all__ = ["FAR_HEAD_SIZE", "FAR_INTENSITY_RATIO", "domain_gap", "in_head_quantiles", "quantile_distance"]
 
@@ -59,11 +59,11 @@ def domain_gap(spec: ModelSpec, domain: str, frames: np.ndarray, mask: np.ndarra
     ref = spec.reference(domain)
     out: dict[str, Any] = {"intensity_distance": None, "intensity_ratio": None, "intensity_limit": None,
                            "head_extent_px": None, "head_size_ratio": None, "far": False, "message": None}
-    extent = mask_extent(mask)
+    extent = slice_extent(mask)  # the head size a typical slice shows, as the training median of single images
     if extent is not None:
-        out["head_extent_px"] = round(extent[0], 2)
+        out["head_extent_px"] = round(extent, 2)
         if ref.head_extent_px:
-            out["head_size_ratio"] = round(extent[0] / ref.head_extent_px, 4)
+            out["head_size_ratio"] = round(extent / ref.head_extent_px, 4)
     if ref.quantiles is not None and mask.any():
         distance = quantile_distance(in_head_quantiles(frames, mask), ref.quantiles)
         out["intensity_distance"] = round(distance, 5)

@@ -24,6 +24,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRanged, Transform
+from monai.utils import convert_to_numpy
 
 from ctmri_monai.io.errors import ContractError, InputError
 from ctmri_monai.spec import NYUL_LEVELS, ModelSpec
@@ -122,7 +123,7 @@ class NyulStandardize(Transform):
             raise ValueError(f"need {len(NYUL_LEVELS)} landmarks, got {self.landmarks.size}")
 
     def __call__(self, img: torch.Tensor, mask: Any) -> torch.Tensor:
-        values = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        values = convert_to_numpy(img)
         inside = values[np.asarray(mask, dtype=bool)]
         if inside.size == 0:
             return img

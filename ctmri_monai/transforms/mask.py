@@ -20,17 +20,20 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import FillHoles, MapTransform
+from monai.utils import convert_to_numpy
 from scipy import ndimage
 from scipy.spatial import ConvexHull, Delaunay, QhullError
 
-__all__ = ["CT_HEAD_HU", "HEAD_THRESHOLD", "MRI_HEAD_FRACTION", "HeadMaskd", "axial_axis", "head_mask",
-           "head_mask_slice", "image_head_mask", "image_head_mask_slice", "input_head_mask", "mask_extent",
-           "physical_head_mask", "physical_threshold", "with_min_area"]
+from ctmri_monai.io.orientation import axial_axis
+
+__all__ = ["CT_HEAD_HU", "HEAD_SLICE_SHARE", "HEAD_THRESHOLD", "MRI_HEAD_FRACTION", "HeadMaskd", "head_mask",
+           "head_mask_slice", "image_head_mask", "image_head_mask_slice", "input_head_mask", "largest_component",
+           "mask_extent", "physical_head_mask", "physical_threshold", "slice_extent", "slice_extents",
+           "to_numpy", "with_min_area"]
 
 #: Head / air threshold in the [-1, 1] network scale of both domains (CT -800 HU in a [-1000, 1000] window,
 #: just above the floor of a brain window; MRI 10 % of its normalised range).
@@ -45,25 +48,32 @@ IMAGE_THRESHOLD, IMAGE_REACH = -0.9, 0.04
 _fill_holes = FillHoles()
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+def to_numpy(x: Any, dtype: Any = None) -> np.ndarray:
+    """A tensor (any device, MetaTensor too) or array-like as a numpy array (MONAI's ``convert_to_numpy``)."""
+    return convert_to_numpy(x, dtype=dtype)
 
 
 def _fill(mask: np.ndarray) -> np.ndarray:
     return np.asarray(_fill_holes(mask[None].astype(np.uint8))[0], dtype=bool)
 
 
+def largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
+    """The largest connected component of a boolean ``mask`` (scipy ``label`` with ``structure``); an empty mask
+    stays empty."""
+    labels, n = ndimage.label(mask, structure)
+    if n <= 1:
+        return np.asarray(mask, dtype=bool) if n else np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(sizes.argmax())
+
+
 def head_mask_slice(slice2d: Any, threshold: float = HEAD_THRESHOLD, min_area: int = 0) -> np.ndarray:
     """Boolean head mask of one (H, W) slice: above ``threshold``, holes filled, largest component."""
-    mask = _numpy(slice2d) > threshold
+    mask = to_numpy(slice2d) > threshold
     if not mask.any():
         return mask
-    mask = _fill(mask)
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(sizes.argmax())
+    mask = largest_component(_fill(mask))
     if int(mask.sum()) < min_area:
         mask[:] = False
     return mask
@@ -78,7 +88,7 @@ def with_min_area(mask: np.ndarray, min_area: int) -> np.ndarray:
 
 def head_mask(stack: Any, threshold: float = HEAD_THRESHOLD, min_area: int = 0) -> np.ndarray:
     """Head mask of an (H, W) slice or an (H, W, D) stack of axial slices (each slice on its own)."""
-    array = _numpy(stack)
+    array = to_numpy(stack)
     if array.ndim == 2:
         return head_mask_slice(array, threshold, min_area)
     if array.ndim != 3:
@@ -104,14 +114,13 @@ def image_head_mask_slice(image: Any) -> np.ndarray:
     """Head mask of one 2D 8-bit image in the [-1, 1] scale: above ``IMAGE_THRESHOLD``; the largest component
     and every piece within ``IMAGE_REACH`` of the image size of it (a windowed CT's broken skin ring); their convex
     hull (the fat under the skin, black in a brain window, is head)."""
-    mask = _numpy(image) > IMAGE_THRESHOLD
-    labels, n = ndimage.label(mask, np.ones((3, 3), bool))
+    mask = to_numpy(image) > IMAGE_THRESHOLD
+    eight = np.ones((3, 3), bool)
+    labels, n = ndimage.label(mask, eight)
     if n == 0:
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
     reach = max(1, int(round(IMAGE_REACH * max(mask.shape))))
-    near = ndimage.binary_dilation(labels == int(sizes.argmax()), iterations=reach)
+    near = ndimage.binary_dilation(largest_component(mask, eight), iterations=reach)
     keep = np.zeros(n + 1, bool)
     keep[np.unique(labels[near & mask])] = True
     keep[0] = False
@@ -120,7 +129,7 @@ def image_head_mask_slice(image: Any) -> np.ndarray:
 
 def image_head_mask(image: Any) -> np.ndarray:
     """`image_head_mask_slice` of an (H, W) image or of each slice of an (H, W, D) stack."""
-    array = _numpy(image)
+    array = to_numpy(image)
     if array.ndim == 2:
         return image_head_mask_slice(array)
     return np.stack([image_head_mask_slice(array[:, :, k]) for k in range(array.shape[2])], axis=2)
@@ -133,7 +142,7 @@ def physical_threshold(values: Any, domain: str) -> float:
         return CT_HEAD_HU
     if domain != "mri":
         raise ValueError(f"unknown domain {domain!r}; expected 'ct' or 'mri'")
-    array = _numpy(values).astype(np.float32, copy=False)
+    array = to_numpy(values).astype(np.float32, copy=False)
     lo = float(array.min())
     above = array[array > lo]
     hi = float(np.percentile(above, 99.5)) if above.size else lo
@@ -143,15 +152,10 @@ def physical_threshold(values: Any, domain: str) -> float:
 def physical_head_mask(volume: Any, domain: str) -> np.ndarray:
     """Head mask of an (X, Y, Z) volume (or an (H, W) slice) of ``domain`` in its own units: HU for CT, raw
     intensities for MRI (module docstring). Never pass it a windowed or normalised image."""
-    array = _numpy(volume)
+    array = to_numpy(volume)
     if array.ndim not in (2, 3):
         raise ValueError(f"physical_head_mask expects (H, W) or (X, Y, Z), got shape {array.shape}")
-    mask = array > physical_threshold(array, domain)
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(sizes.argmax())
+    mask = largest_component(array > physical_threshold(array, domain))
     if mask.ndim == 2:
         return _fill(mask)
     for k in range(mask.shape[2]):
@@ -173,16 +177,42 @@ def mask_extent(mask: np.ndarray, spacing: Any = (1.0, 1.0)) -> tuple[float, tup
     return side, ((rows[0] + rows[-1]) / 2.0, (cols[0] + cols[-1]) / 2.0)
 
 
-def axial_axis(affine: Any) -> int:
-    """The array axis of a volume with ``affine`` that runs inferior-superior (nibabel's orientation)."""
-    ornt = nib.orientations.io_orientation(np.asarray(affine, np.float64))
-    return int(np.flatnonzero(ornt[:, 0] == 2)[0]) if (ornt[:, 0] == 2).any() else 2
+#: The slices of a volume that hold a head, for its per-slice head size: at least this share of the largest axial
+#: section's area (drops the vertex caps and stray pieces; the phantoms' training images keep the slices whose head
+#: fills 5 % of the frame, about a tenth of the widest section).
+HEAD_SLICE_SHARE = 0.1
+
+
+def slice_extents(mask: np.ndarray) -> np.ndarray:
+    """Longer side (px) of the head's bounding box in each axial slice of an (H, W, D) mask (an (H, W) mask: one
+    slice), over the slices that hold a head (``HEAD_SLICE_SHARE``); empty when no slice does."""
+    mask = np.asarray(mask, dtype=bool)
+    mask = mask[:, :, None] if mask.ndim == 2 else mask
+    area = mask.sum(axis=(0, 1))
+    if not area.any():
+        return np.zeros(0)
+    rows, cols = mask.any(axis=1), mask.any(axis=0)  # (H, D), (W, D)
+
+    def span(hit: np.ndarray) -> np.ndarray:
+        n = hit.shape[0]
+        first, last = hit.argmax(axis=0), n - 1 - hit[::-1].argmax(axis=0)
+        return np.where(hit.any(axis=0), last - first + 1, 0)
+
+    sides = np.maximum(span(rows), span(cols)).astype(np.float64)
+    return sides[area >= HEAD_SLICE_SHARE * area.max()]
+
+
+def slice_extent(mask: np.ndarray) -> float | None:
+    """The median per-slice head extent (px) of a mask (`slice_extents`): the head size a slice of it shows, to
+    compare with the training images' median; None without a head."""
+    sides = slice_extents(mask)
+    return float(np.median(sides)) if sides.size else None
 
 
 def input_head_mask(image: Any, domain: str) -> np.ndarray:
     """`physical_head_mask` of a loaded (1, X, Y, Z) volume of ``domain`` on its own grid, holes filled in its axial
     slices (found from its affine)."""
-    array = _numpy(image)[0]
+    array = to_numpy(image)[0]
     axis = axial_axis(image.affine) if isinstance(image, MetaTensor) else 2
     return np.moveaxis(physical_head_mask(np.moveaxis(array, axis, 2), domain), 2, axis)
 

@@ -30,7 +30,7 @@ from ctmri_monai.transforms.loading import LoadVolumed, SafeLoadImaged, pil_to_g
 from ctmri_monai.transforms.mask import HeadMaskd
 from ctmri_monai.transforms.spatial import HORIZONTAL_FLIP_AXIS, InPlaneFramed
 
-__all__ = ["ORIENTATION_LABELS", "head_extent", "image_pipeline", "volume_pipeline"]
+__all__ = ["ORIENTATION_LABELS", "image_pipeline", "volume_pipeline"]
 
 ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # MONAI labels for RAS-style axis codes
 
@@ -65,15 +65,6 @@ def image_pipeline(spec: ModelSpec, training: bool = False, source_pixdim: Seque
     return Compose(steps)
 
 
-def head_extent(spec: ModelSpec, domain: str) -> float | None:
-    """The training head extent (frame px) a volume of ``domain`` is framed to: "fit" models that recorded it,
-    unless overridden to frame the field of view (`ctmri_monai.transforms.spatial`)."""
-    geometry = spec.geometry
-    if geometry.framing != "fit" or geometry.frame_by != "head":
-        return None
-    return spec.reference(domain).head_extent_px
-
-
 def volume_pipeline(spec: ModelSpec, domain: str, keys: KeysCollection = ("image",), load: bool = False,
                     max_voxels: int | None = None, head_key: str | None = None) -> Compose:
     """A (1, X, Y, Z) volume of ``domain`` (or, with ``load``, its path) -> (1, S, S, D) float32 in [-1, 1].
@@ -98,7 +89,7 @@ def volume_pipeline(spec: ModelSpec, domain: str, keys: KeysCollection = ("image
         Orientationd(framed, axcodes=geometry.axcodes, labels=ORIENTATION_LABELS,
                      allow_missing_keys=head_key is not None),
         volume_intensity(spec, domain, keys),
-        InPlaneFramed.from_geometry(framed, geometry, head_extent=head_extent(spec, domain) if head_key else None,
+        InPlaneFramed.from_geometry(framed, geometry, head_extent=spec.head_extent(domain) if head_key else None,
                                     head_key=head_key, allow_missing_keys=head_key is not None),
     ]
     landmarks = mri_standardisation(spec) if head_key is not None and domain == "mri" else None

@@ -8,14 +8,16 @@ longer side is S px; "crop" keeps the (finer) pixel size; "resize_crop" scales t
 ``background`` to S x S ("resize_crop": a random crop position in training).
 
 Head-scale framing (a "fit" model that recorded its training head size ``head_extent`` px, given the input's head
-mask): a volume is scaled so that its head's bounding box over the whole volume (longer in-plane side) spans
-``head_extent`` px, as the training heads did, instead of fitting its field of view; the frame is cut around the
-head's centre (MONAI ``SpatialCrop``) where the scaled image is larger than S, then padded. One scale for every
-slice of a volume: the training median was taken over single images, most of them near the head's widest section.
+mask): a volume is scaled so that the median per-slice head extent of its slices that hold a head (longer in-plane
+side of each slice's bounding box, `slice_extent`) spans ``head_extent`` px, the training images' median (single
+slices), instead of fitting its field of view; capped so the head over all slices still fits S. The frame is cut
+around the head's centre (MONAI ``SpatialCrop``) where the scaled image is larger than S, then padded. One scale
+for every slice of a volume.
 
 Resampling is MONAI's ``Resize`` (bilinear, Gaussian anti-aliasing when shrinking) on ``image - background``, so
 the anti-aliasing filter's zero padding and the crop / pad fill are both background. Every step is recorded in
-``applied_operations``; ``inverse`` (and ``Compose.inverse``) restores the input's grid exactly in shape.
+``applied_operations`` (the plan, resized size and head cut, in the last one's ``extra_info["frame"]``, so the
+frame keeps no state between calls); ``inverse`` (and ``Compose.inverse``) restores the input's grid exactly.
 """
 
 from __future__ import annotations
@@ -38,12 +40,16 @@ from monai.transforms import (
     ResizeWithPadOrCrop,
     SpatialCrop,
 )
+from monai.transforms.croppad.functional import crop_func
+from monai.transforms.spatial.functional import resize
+from monai.utils import TraceKeys
 
 from ctmri_monai.io.errors import InputError
 from ctmri_monai.spec import FRAMINGS, SliceGeometry
-from ctmri_monai.transforms.mask import mask_extent
+from ctmri_monai.transforms.mask import mask_extent, slice_extent
 
-__all__ = ["HORIZONTAL_FLIP_AXIS", "InPlaneFrame", "InPlaneFramed", "framed_size", "in_plane_spacing"]
+__all__ = ["HORIZONTAL_FLIP_AXIS", "InPlaneFrame", "InPlaneFramed", "frame_record", "framed_size",
+           "in_plane_spacing"]
 
 HORIZONTAL_FLIP_AXIS = 1  # spatial axis of a (C, H, W) image (or a "PLS" axial slice) that runs left-right
 LOAD_SIZE_RATIO = 286 / 256  # the reference CycleGAN's load size for crops of 256
@@ -100,6 +106,8 @@ class InPlaneFrame(InvertibleTransform, Randomizable):
         self.source_pixdim = source_pixdim
         self.background = float(background)
         self.head_extent = float(head_extent) if head_extent and framing == "fit" else None
+        # The instances below are never changed by a call (their size comes with it): their ids tag the
+        # operations they invert.
         self._head_crop = SpatialCrop(roi_slices=[slice(None)] * 3)
         s = self.geometry.image_size
         self._resize = {2: Resize((s, s), mode="bilinear", anti_aliasing=True),
@@ -108,7 +116,6 @@ class InPlaneFrame(InvertibleTransform, Randomizable):
         crop = RandSpatialCrop if random_crop and framing == "resize_crop" else CenterSpatialCrop
         self._crop = {2: crop((s, s)), 3: crop((s, s, -1))}
         self.random_crop = random_crop
-        self.last_resized_size: tuple[int, int] | None = None
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
@@ -120,53 +127,81 @@ class InPlaneFrame(InvertibleTransform, Randomizable):
     def randomize(self, data: Any = None) -> None:
         pass  # the inner RandSpatialCrop draws its own position
 
-    def _steps(self, ndim: int, head: bool = False) -> list:
-        last = self._crop if self.geometry.framing == "resize_crop" else self._pad_or_crop
-        return [self._resize[ndim], *([self._head_crop] if head else []), last[ndim]]
-
     def head_scale(self, shape: Sequence[int], mask: Any) -> tuple[tuple[int, int], tuple[float, float]] | None:
         """(resized in-plane size, head centre in it) of head-scale framing for an input of in-plane ``shape``
-        with head ``mask`` (in-plane axes first); None when this frame does not frame by the head."""
-        extent = mask_extent(np.asarray(mask, dtype=bool)) if self.head_extent and mask is not None else None
-        if extent is None or extent[0] <= 0:
+        with head ``mask`` (in-plane axes first); None when this frame does not frame by the head.
+
+        The scale brings the median per-slice head extent (`slice_extent`) to the training median, which was taken
+        over single images; it is capped so that the head's bounding box over all slices still fits the frame."""
+        if not self.head_extent or mask is None:
             return None
-        scale = self.head_extent / extent[0]  # the same factor on both axes: pixels are square in the frame
+        mask = np.asarray(mask, dtype=bool)
+        typical, whole = slice_extent(mask), mask_extent(mask)
+        if typical is None or whole is None or typical <= 0:
+            return None
+        scale = min(self.head_extent / typical, self.geometry.image_size / whole[0])  # square pixels in the frame
         size = tuple(max(1, int(round(int(n) * scale))) for n in shape[:2])
-        return size, (extent[1][0] * size[0] / shape[0], extent[1][1] * size[1] / shape[1])  # type: ignore
+        return size, (whole[1][0] * size[0] / shape[0], whole[1][1] * size[1] / shape[1])  # type: ignore
+
+    def plan(self, img: torch.Tensor, head_mask: Any = None) -> tuple[tuple[int, int], tuple[int, int] | None]:
+        """(in-plane size the image is resized to, start of the head-centred S x S cut in it or None) of framing
+        ``img`` (module docstring); a pure function of the image's shape, spacing and head."""
+        spacing = in_plane_spacing(img, self.source_pixdim)
+        head = None
+        if abs(spacing[0] - spacing[1]) <= 1e-3 * max(spacing):  # head-scale framing assumes square pixels
+            head = self.head_scale(img.shape[1:3], head_mask)
+        if head is None:
+            return framed_size(img.shape[1:3], spacing, self.geometry.image_size, self.geometry.framing,
+                               self.geometry.pixdim), None
+        s = self.geometry.image_size
+        size, centre = head
+        starts = tuple(int(np.clip(round(c - s / 2.0), 0, max(n - s, 0))) for c, n in zip(centre, size, strict=True))
+        return size, starts  # type: ignore[return-value]
 
     def __call__(self, img: torch.Tensor, head_mask: Any = None) -> MetaTensor:
-        """Frame ``img``; ``head_mask`` ((H, W) or (X, Y, Z), the input's head) selects head-scale framing."""
+        """Frame ``img``; ``head_mask`` ((H, W) or (X, Y, Z), the input's head) selects head-scale framing. The
+        plan (resized size, head cut) is recorded in the last operation's ``extra_info["frame"]``."""
         img = img if isinstance(img, MetaTensor) else MetaTensor(img)
         ndim = img.ndim - 1
         if ndim not in (2, 3):
             name = img.meta.get("filename_or_obj", "<in-memory image>")
             raise InputError(name, f"in-plane framing expects (C, H, W) or (C, X, Y, Z), got {tuple(img.shape)}")
-        spacing = in_plane_spacing(img, self.source_pixdim)
-        if abs(spacing[0] - spacing[1]) > 1e-3 * max(spacing):
-            head = None  # head-scale framing assumes square pixels: keep the field of view fit for the others
-        else:
-            head = self.head_scale(img.shape[1:3], head_mask)
-        size = head[0] if head else framed_size(img.shape[1:3], spacing, self.geometry.image_size,
-                                                self.geometry.framing, self.geometry.pixdim)
-        self.last_resized_size = size  # before crop / pad: the framing checks read it
-        steps = self._steps(ndim, head is not None)
-        steps[0].spatial_size = size if ndim == 2 else (*size, -1)
-        if head is not None:
-            s = self.geometry.image_size
-            starts = [int(np.clip(round(c - s / 2.0), 0, max(n - s, 0))) for c, n in zip(head[1], size, strict=True)]
-            self._head_crop.slices = tuple(slice(a, a + s) for a in starts) + (slice(None),) * (ndim - 2)
+        size, starts = self.plan(img, head_mask)
         out = img - self.background
-        for step in steps:
-            out = step(out)
+        out = resize(out, (*size, *out.shape[3:]), "bilinear", None, torch.float32, ndim, True, None, False,
+                     self._resize[ndim].get_transform_info())
+        if starts is not None:
+            s = self.geometry.image_size
+            cut = (slice(None), *(slice(a, a + s) for a in starts), *(slice(None),) * (ndim - 2))  # channel first
+            out = crop_func(out, cut, False, self._head_crop.get_transform_info())
+        last = self._crop if self.geometry.framing == "resize_crop" else self._pad_or_crop
+        out = last[ndim](out)
+        if isinstance(out, MetaTensor) and out.applied_operations:
+            out.applied_operations[-1][TraceKeys.EXTRA_INFO]["frame"] = {
+                "resized": [int(v) for v in size], "head_cut": None if starts is None else list(starts)}
         return out + self.background
 
     def inverse(self, data: torch.Tensor) -> MetaTensor:
         img = data - self.background  # MONAI refills cropped parts with 0: background after the shift
         ops = getattr(img, "applied_operations", [])
-        head = len(ops) >= 2 and ops[-2].get("class") == "SpatialCrop"
-        for step in reversed(self._steps(img.ndim - 1, head)):
+        record = ops[-1].get(TraceKeys.EXTRA_INFO, {}).get("frame") if ops else None
+        if record is None:
+            raise ValueError("this image was not framed by InPlaneFrame (no frame record on its last operation)")
+        ndim = img.ndim - 1
+        last = self._crop if self.geometry.framing == "resize_crop" else self._pad_or_crop
+        steps = [self._resize[ndim], *([self._head_crop] if record["head_cut"] is not None else []), last[ndim]]
+        for step in reversed(steps):
             img = step.inverse(img)
         return img + self.background
+
+
+def frame_record(img: Any) -> dict[str, Any]:
+    """The framing plan of a framed image: {"resized": [h, w] before crop / pad, "head_cut": [r, c] or None}."""
+    for op in reversed(getattr(img, "applied_operations", [])):
+        record = op.get(TraceKeys.EXTRA_INFO, {}).get("frame")
+        if record is not None:
+            return record
+    raise ValueError("this image was not framed by InPlaneFrame (no frame record in its applied operations)")
 
 
 class InPlaneFramed(MapTransform, InvertibleTransform, Randomizable):

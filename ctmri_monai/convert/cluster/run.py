@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +24,47 @@ from ctmri_monai.convert.batch import (
 from ctmri_monai.convert.cluster.args import ClusterSpec
 from ctmri_monai.convert.cluster.connect import dashboard_address, open_cluster
 from ctmri_monai.convert.cluster.worker import ModelRef, convert_task, overrides_key, remove_temporaries
-from ctmri_monai.convert.options import BatchOptions, batch_options
+from ctmri_monai.convert.options import BatchOptions, ConvertOptions, ModelSource
 from ctmri_monai.convert.records import failed_record
 from ctmri_monai.convert.service import ConversionService
 
 __all__ = ["client_service", "run_cluster_batch"]
 
 
-def client_service(checkpoint: str | os.PathLike, direction: str, opts: BatchOptions) -> ConversionService:
+def client_service(model: ModelSource, direction: str, request: Mapping[str, Any]) -> ConversionService:
     """The model read once on the client, on the CPU: refuses a bad checkpoint or contract before anything is
     submitted, and gives the summary its model fields and the batch whether maps are written."""
-    from ctmri_monai.networks.export import exported_format
-
-    exported = exported_format(checkpoint) is not None
-    options = opts.convert.replace(device="cpu", batch_size=1)
-    service = ConversionService.from_checkpoint(checkpoint, "cpu", opts.contract_overrides, options, [direction],
-                                                engine=opts.engine if exported else None)
-    if not exported and (opts.engine or opts.threads):  # what the workers run, as a single process records it
-        service.info["engine"] = opts.engine or "torch"
-    return service
+    options = ConvertOptions.for_run(**{**request, "device": "cpu", "batch_size": 1}, model=model.checkpoint)
+    return ConversionService.from_checkpoint(model.checkpoint, options, contract_overrides=model.contract_overrides,
+                                             directions=[direction])
 
 
 def run_cluster_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, direction: str,
-                      checkpoint: str | os.PathLike, cluster: ClusterSpec, *, options: BatchOptions | None = None,
-                      **names: Any) -> int:
+                      model: ModelSource, cluster: ClusterSpec, options: BatchOptions | None = None, *,
+                      request: Mapping[str, Any] | None = None) -> int:
     """`run_batch` on a Dask cluster: one task per input file (`convert_task`), the model loaded once per worker
-    from ``checkpoint`` on the shared file system; returns the exit status (1 when any input failed). Paths are
-    made absolute, as the workers may run elsewhere. ``options`` / ``names``: those of `run_batch`."""
-    opts = batch_options(options, **names)
+    from ``model.checkpoint`` on the shared file system; returns the exit status (1 when any input failed). Paths
+    are made absolute, as the workers may run elsewhere. ``request``: the arguments of `ConvertOptions.for_run`
+    (device, engine, batch_size, ...), which each worker applies on its own device; ``options.convert`` must be
+    None for that reason."""
+    opts = options or BatchOptions()
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {tuple(DIRECTIONS)}")
-    service = client_service(checkpoint, direction, opts)
+    if model.checkpoint is None or model.load_model is not None:
+        raise ValueError("a cluster batch reads its model by path on every worker: give ModelSource(checkpoint=)")
+    if opts.convert is not None:
+        raise ValueError("BatchOptions.convert does not apply to a cluster batch: each worker derives its options "
+                         "from request= (ConvertOptions.for_run's arguments) on its own device")
+    request = dict(request or {"device": "auto"})
+    service = client_service(model, direction, request)
     plan = plan_batch(service, [Path(p).absolute() for p in inputs], Path(output_dir).absolute(), direction, opts)
-    ref = ModelRef(str(Path(checkpoint).absolute()), service.info["sha256"], direction, opts.convert,
-                   opts.batch_size, opts.engine, opts.threads, overrides_key(opts.contract_overrides))
+    ref = ModelRef(str(Path(model.checkpoint).absolute()), service.info["sha256"], direction,
+                   overrides_key(request), overrides_key(model.contract_overrides))
     with open_cluster(cluster) as client:
         records, devices = _convert_on(client, ref, plan, service, opts)
     for job in plan.jobs:  # every task is over: what killed writers left is stale
         remove_temporaries(job, direction)
-    service.options = service.options.replace(device=", ".join(sorted(devices)) or str(opts.convert.device))
+    service.options = service.options.replace(device=", ".join(sorted(devices)) or str(request.get("device")))
     return write_summary(plan, records, service, direction, opts.stream or sys.stdout)
 
 

@@ -10,13 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ctmri_monai.convert.batch import FileJob, convert_one, default_batch_size
+from ctmri_monai.convert.batch import FileJob, convert_one
 from ctmri_monai.convert.options import ConvertOptions
 from ctmri_monai.convert.service import ConversionService
 from ctmri_monai.convert.trust import disagreement_path
 from ctmri_monai.io.atomic import temporaries_for
 from ctmri_monai.io.errors import CtmriError
-from ctmri_monai.utils.device import resolve_device
 
 __all__ = ["ModelMismatchError", "ModelRef", "convert_task", "remove_temporaries", "worker_device",
            "worker_service"]
@@ -29,22 +28,18 @@ class ModelMismatchError(CtmriError):
 @dataclass(frozen=True)
 class ModelRef:
     """The model as the client saw it: its ``path`` on the shared file system, its ``sha256``, the direction,
-    the conversion options (``device`` "auto" is resolved on each worker; ``batch_size`` None: the device's
-    default), the engine and its threads, and the contract overrides as sorted (name, value) pairs."""
+    the ``request`` (`ConvertOptions.for_run`'s arguments as sorted (name, value) pairs; device "auto" is resolved
+    on each worker) and the contract ``overrides`` the same way."""
 
     path: str
     sha256: str
     direction: str
-    options: ConvertOptions
-    batch_size: int | None = None
-    engine: str | None = None
-    threads: int | None = None
+    request: tuple[tuple[str, Any], ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
 
     def cache_key(self) -> tuple:
         """The model's identity on a worker: the bytes (SHA-256) and how they are run, not the path."""
-        return self.sha256, self.direction, self.batch_size, self.engine, self.threads, repr(self.options), \
-            repr(self.overrides)
+        return self.sha256, self.direction, self.request, self.overrides
 
 
 _SERVICES: dict[tuple, ConversionService] = {}
@@ -67,13 +62,13 @@ def worker_service(ref: ModelRef, worker_name: Any = None) -> ConversionService:
     key = ref.cache_key()
     with _LOCK:
         if key not in _SERVICES:
-            if ref.threads is None:  # Dask's nanny sets OMP_NUM_THREADS; a forkserver child imported torch before
-                torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or 1)))
-            dev = resolve_device(worker_device(ref.options.device, worker_name, torch.cuda.device_count()))
-            batch_size = default_batch_size(dev) if ref.batch_size is None else int(ref.batch_size)
-            options = ref.options.replace(device=dev, batch_size=batch_size)
-            service = ConversionService.from_checkpoint(ref.path, dev, dict(ref.overrides), options,
-                                                        [ref.direction], engine=ref.engine, threads=ref.threads)
+            request = dict(ref.request)
+            if request.get("threads") is None:  # Dask's nanny sets OMP_NUM_THREADS; a forkserver child imported
+                torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or 1)))  # torch before
+            request["device"] = worker_device(request.get("device", "auto"), worker_name, torch.cuda.device_count())
+            options = ConvertOptions.for_run(**request, model=ref.path)
+            service = ConversionService.from_checkpoint(ref.path, options, contract_overrides=dict(ref.overrides),
+                                                        directions=[ref.direction])
             if service.info.get("sha256") != ref.sha256:
                 raise ModelMismatchError(ref.path, f"SHA-256 {service.info.get('sha256')} on this worker, "
                                                    f"{ref.sha256} on the client: not the same model file")
