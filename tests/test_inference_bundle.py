@@ -19,7 +19,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bundle_run_converts_volumes_onto_their_grid(checkpoint: Path, tiny_phantoms: Path, tmp_path: Path) -> None:
     source = tiny_phantoms / "volumes" / "ct"
     result = run_bundle_cli(["inference"], input=source, output_dir=tmp_path, direction="ct2mri",
-                            checkpoint=checkpoint, batch_size=4)
+                            checkpoint=checkpoint, batch_size=4, disagreement=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["counts"]["failed"] == 0
@@ -29,13 +29,13 @@ def test_bundle_run_converts_volumes_onto_their_grid(checkpoint: Path, tiny_phan
         assert out.shape == ref.shape
         np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)
         assert out.header["descrip"].tobytes().decode().startswith("SYNTHETIC")
-        dmap = nib.load(tmp_path / src.name.replace(".nii.gz", "_ct2mri_disagreement.nii.gz"))  # on by default
+        dmap = nib.load(tmp_path / src.name.replace(".nii.gz", "_ct2mri_disagreement.nii.gz"))  # asked for
         assert dmap.shape == ref.shape and dmap.get_data_dtype() == np.float32
         np.testing.assert_allclose(dmap.affine, ref.affine, atol=1e-5)
-    assert all(r["disagreement"]["passes"] == 3 for r in summary["files"])  # the backward generator was built
+    assert all(r["disagreement"]["passes"] == 2 for r in summary["files"])  # two extra forwards, no backward
     off = tmp_path / "off"
     result = run_bundle_cli(["inference"], input=source, output_dir=off, direction="ct2mri",
-                            checkpoint=checkpoint, batch_size=4, disagreement=False)
+                            checkpoint=checkpoint, batch_size=4)  # the default: no map
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert list(off.glob("*_ct2mri.nii.gz")) and not list(off.glob("*disagreement*"))
 
@@ -52,11 +52,12 @@ def test_bundle_run_on_an_engine(checkpoint: Path, tiny_phantoms: Path, tmp_path
     for engine in ("torch", "onnxruntime"):
         out = tmp_path / engine
         result = run_bundle_cli(["inference"], input=source, output_dir=out, direction="ct2mri",
-                                checkpoint=checkpoint, batch_size=4, engine=engine, threads=1)
+                                checkpoint=checkpoint, batch_size=4, engine=engine, threads=1,
+                                disagreement=True)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["model"]["engine"] == engine and summary["counts"]["failed"] == 0
-        assert all(r["disagreement"]["passes"] == 3 for r in summary["files"])
+        assert all(r["disagreement"]["passes"] == 2 for r in summary["files"])
         outputs[engine] = {p.name: np.asarray(nib.load(p).dataobj, np.float64) for p in out.glob("*_ct2mri.nii.gz")}
     assert outputs["torch"] and outputs["torch"].keys() == outputs["onnxruntime"].keys()
     for name, ref in outputs["torch"].items():

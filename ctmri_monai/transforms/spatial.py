@@ -53,6 +53,7 @@ __all__ = ["HORIZONTAL_FLIP_AXIS", "InPlaneFrame", "InPlaneFramed", "frame_recor
 
 HORIZONTAL_FLIP_AXIS = 1  # spatial axis of a (C, H, W) image (or a "PLS" axial slice) that runs left-right
 LOAD_SIZE_RATIO = 286 / 256  # the reference CycleGAN's load size for crops of 256
+HEAD_ROOM = 0.95  # the share of the frame the head over all slices may span at most (head framing)
 
 
 def in_plane_spacing(img: torch.Tensor, source_pixdim: Sequence[float] | None = None) -> tuple[float, float]:
@@ -139,7 +140,8 @@ class InPlaneFrame(InvertibleTransform, Randomizable):
         typical, whole = slice_extent(mask), mask_extent(mask)
         if typical is None or whole is None or typical <= 0:
             return None
-        scale = min(self.head_extent / typical, self.geometry.image_size / whole[0])  # square pixels in the frame
+        room = HEAD_ROOM * self.geometry.image_size  # the whole head stays off the frame's edge
+        scale = min(self.head_extent / typical, room / whole[0])  # square pixels in the frame
         size = tuple(max(1, int(round(int(n) * scale))) for n in shape[:2])
         return size, (whole[1][0] * size[0] / shape[0], whole[1][1] * size[1] / shape[1])  # type: ignore
 
