@@ -185,6 +185,12 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def spool_footprint(spool: Path) -> tuple[int, int]:
+    """(files, bytes) under a node spool's ``incoming`` and ``outgoing``: what it holds beside its journal."""
+    files = [p for folder in ("incoming", "outgoing") for p in (spool / folder).rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
 def journal_rows(spool: Path) -> list[dict[str, Any]]:
     from ctmri_monai.node.journal import Journal
 
@@ -338,3 +344,77 @@ class Receiver:
 
     def stop(self) -> None:
         self.server.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------------ DCMTK
+def dcmtk_echo(port: int, calling: str = "ORTHANC", called: str = "CTMRI") -> subprocess.CompletedProcess:
+    """DCMTK's ``echoscu`` (C-ECHO) against 127.0.0.1:``port``."""
+    return subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def dcmtk_store(files: list[Path], port: int, log: Path, calling: str = "ORTHANC",
+                called: str = "CTMRI") -> subprocess.Popen:
+    """DCMTK's ``storescu`` sending ``files`` in one association (started, not waited for; output to ``log``)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(["storescu", "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
+                                 *map(str, files)], stdout=out, stderr=subprocess.STDOUT)
+
+
+def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
+    """Part 10 files of ``datasets`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{k:04d}.dcm" for k in range(len(datasets))]
+    for ds, path in zip(datasets, paths, strict=True):
+        ds.save_as(path, enforce_file_format=True)
+    return paths
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Storescp:
+    """DCMTK's ``storescp`` as a destination on 127.0.0.1: one process (no fork), each received instance under a
+    unique file name in ``folder`` (so an instance received twice shows as two files)."""
+
+    def __init__(self, folder: Path, port: int | None = None, aet: str = "DEST") -> None:
+        self.folder, self.port, self.aet = folder, port or free_port(), aet
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log = folder.parent / f"{folder.name}-storescp.log"
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(["storescp", "-v", "-aet", self.aet, "-od", str(self.folder), "+uf",
+                                          str(self.port)], stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.proc.poll() is not None or _accepts(self.port), 30, "storescp to listen")
+        assert self.proc.poll() is None, self.log.read_text()[-2000:]
+
+    def _open_sockets(self) -> int:
+        fd = Path(f"/proc/{self.proc.pid}/fd")
+        return sum(os.readlink(p).startswith("socket:") for p in fd.iterdir())
+
+    def go_away(self, timeout: float = 60) -> None:
+        """Kill it while no association is open (frozen with SIGSTOP, its only socket the listening one), so no
+        instance is half stored: whatever it acknowledged is on disk, whatever it did not, it never stored."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            if self._open_sockets() <= 1:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+                return
+            os.kill(self.proc.pid, signal.SIGCONT)
+            time.sleep(0.01)
+        raise AssertionError(f"storescp never idle in {timeout:.0f} s")
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
