@@ -250,3 +250,25 @@ def test_a_delivery_broken_off_mid_series_resends_only_the_unacknowledged_and_em
     finally:
         node.stop()
         dest.stop()
+
+
+def test_a_late_instance_of_a_sent_series_is_acknowledged_not_kept_not_converted(service: ConversionService,
+                                                                                 tmp_path: Path) -> None:
+    from dicom_net import spool_footprint
+
+    dest = Receiver()
+    node = start_node(service, tmp_path / "spool", dest.port)
+    try:
+        ct = phantom_series("CT", 4)
+        assert c_store(ct[:3], node.port) == [0] * 3
+        uid = str(ct[0].SeriesInstanceUID)
+        wait_for(lambda: status_of(tmp_path / "spool", uid) == "sent", 30, "the first three sent")
+        assert c_store(ct[3:], node.port) == [0]  # the fourth, late
+        row = wait_for(lambda: next((r for r in journal_rows(tmp_path / "spool") if r["instances"] == 4), None),
+                       30, "the late instance in the journal")
+        assert row["status"] == "sent" and spool_footprint(tmp_path / "spool") == (0, 0)
+        time.sleep(0.5)
+        assert len(dest.received) == 3
+    finally:
+        node.stop()
+        dest.stop()
