@@ -30,9 +30,12 @@ INSTALL_HINT = ("Orthanc is not installed: `sudo apt-get install orthanc orthanc
 SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
 TOOLS_HINT = ("DICOM tools missing: `sudo apt-get install dicom3tools dcmtk` (or run scripts/setup.sh as root); "
               "CI sets CTMRI_REQUIRE_DICOM_TOOLS=1 and fails instead of skipping")
-#: Attributes the installed dciodvfy (dicom3tools 1.00~20220618) does not know yet, with the edition of the
-#: standard's data dictionary (PS3.6) that added them; its error lines naming these are excused.
+#: Attributes the installed dciodvfy (dicom3tools 1.00~20220618) does not know yet, by their tag as it prints it,
+#: with the edition of the standard's data dictionary (PS3.6) that added each; only error lines naming one of these
+#: are excused (SyntheticData: in pydicom's dictionary from 2024c, absent from its 2023e one).
 UNKNOWN_TO_VALIDATOR = {"(0x0008,0x001c)": "SyntheticData, DICOM 2024b"}
+#: The IODs dciodvfy names on its own line when it recognises the object (anything else: an error).
+KNOWN_IODS = ("CTImage", "MRImage")
 
 
 def free_port() -> int:
@@ -60,11 +63,22 @@ def require_tools(*names: str) -> None:
         pytest.skip(message)
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """dciodvfy's "Error" lines for one file, but those about attributes it does not know (`UNKNOWN_TO_VALIDATOR`)."""
+def dciodvfy_lines(path: Path) -> tuple[str, list[str], list[str]]:
+    """dciodvfy on one file: the IOD it recognised ("" if none), every line saying "Error" or "Abort", and its
+    warnings (its exit status says nothing more: 1 for some errors, 0 for others)."""
     done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     lines = (done.stdout + done.stderr).splitlines()
-    return [ln for ln in lines if "Error" in ln and not any(tag in ln.lower() for tag in UNKNOWN_TO_VALIDATOR)]
+    iod = next((ln.strip() for ln in lines if ln.strip() in KNOWN_IODS), "")
+    errors = [ln for ln in lines if "Error" in ln or "Abort" in ln]
+    return iod, errors, [ln for ln in lines if "Warning" in ln and ln not in errors]
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's errors for one file, but those about attributes it does not know (`UNKNOWN_TO_VALIDATOR`); an
+    object whose IOD it does not recognise is an error too (nothing would have been checked)."""
+    iod, lines, _ = dciodvfy_lines(path)
+    errors = [ln for ln in lines if not any(tag in ln.lower() for tag in UNKNOWN_TO_VALIDATOR)]
+    return errors + ([] if iod else [f"dciodvfy recognised none of {KNOWN_IODS}"])
 
 
 def dcmdump_problems(path: Path) -> list[str]:
@@ -142,6 +156,34 @@ def scanner_series(modality: str = "CT", slices: int = 4, size: int = 32, patien
             ds.PatientName, ds.PatientID = patient
     return out
 
+
+#: Every kind of DICOM object the project writes (`write_object_kinds`).
+OBJECT_KINDS = ("mr_from_ct", "ct_from_mr", "mr_from_phantom_ct", "phantom_ct")
+
+
+def write_object_kinds(folder: Path) -> dict[str, tuple[Path, Path | None]]:
+    """Write one series of each `OBJECT_KINDS` into ``folder`` with the ``ctmri_monai`` on the path: synthetic MR
+    from a scanner-like CT series (PatientPosition HFS), synthetic CT from a scanner-like MR series (none), synthetic
+    MR from the phantoms' CT, and the phantoms' CT (`make_phantoms`). Returns each kind's (folder of its files,
+    folder of its source series or None)."""
+    from conftest import write_tiny_checkpoint
+
+    from ctmri_monai.convert import ConversionService, ConvertOptions
+    from ctmri_monai.phantoms import make_phantoms
+
+    service = ConversionService.from_checkpoint(write_tiny_checkpoint(folder / "m.pt"), "cpu",
+                                                options=ConvertOptions(batch_size=4, device="cpu"))
+    make_phantoms(folder / "phantoms", subjects=1, shape=(32, 32, 12), spacing=(6.0, 6.0, 8.0), seed=0)
+    phantom = folder / "phantoms" / "dicom" / "ct" / "subj000"
+    sources = {"mr_from_ct": scanner_series("CT", 4, patient_position="HFS"),
+               "ct_from_mr": scanner_series("MR", 4, patient_position=None, seed=1)}
+    written: dict[str, tuple[Path, Path | None]] = {"phantom_ct": (phantom, None)}
+    for kind, source in {**sources, "mr_from_phantom_ct": phantom}.items():
+        if isinstance(source, list):
+            source = write_series(source, folder / f"source_{kind}")[0].parent
+        service.convert_series(source).derived.write(folder / kind)
+        written[kind] = (folder / kind, source)
+    return written
 
 
 def text_report(study_uid: str) -> Dataset:

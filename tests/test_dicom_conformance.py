@@ -3,8 +3,9 @@ editor) finds no error in it, but errors about attributes its 2022 release does 
 (`dicom_net.UNKNOWN_TO_VALIDATOR`), and DCMTK's ``dcmdump`` reads it without a warning.
 
 Kinds: synthetic MR from a scanner-like CT series (with PatientPosition HFS), synthetic CT from a scanner-like MR
-series (without one), synthetic MR from the phantoms' CT, and the phantoms' CT itself. A negative control shows the
-check fails on an object that lacks a Type 2C attribute. Skipped without the tools, a failure in CI
+series (without one), synthetic MR from the phantoms' CT, and the phantoms' CT itself (`dicom_net.write_object_kinds`;
+every file of each). Negative controls: the check fails on an object that lacks a Type 2C attribute, on an unknown
+attribute that is not on the list, and on a file cut short. Skipped without the tools, a failure in CI
 (CTMRI_REQUIRE_DICOM_TOOLS=1).
 """
 
@@ -15,47 +16,22 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import write_tiny_checkpoint
-from dicom_net import dciodvfy_errors, dcmdump_problems, require_tools, scanner_series
-
-from ctmri_monai.convert import ConversionService, ConvertOptions
-from ctmri_monai.phantoms import make_phantoms
-
-KINDS = ("mr_from_ct", "ct_from_mr", "mr_from_phantom_ct", "phantom_ct")
-
-
-def _write(datasets: list[pydicom.Dataset], folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    for k, ds in enumerate(datasets):
-        ds.save_as(folder / f"{k:04d}.dcm", enforce_file_format=True)
-    return folder
+from dicom_net import OBJECT_KINDS, dciodvfy_errors, dcmdump_problems, require_tools, write_object_kinds
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path | None]]:
     """Each kind: (folder of the written object's files, folder of its source series or None)."""
-    tmp = tmp_path_factory.mktemp("conformance")
-    service = ConversionService.from_checkpoint(write_tiny_checkpoint(tmp / "m.pt"), "cpu",
-                                                options=ConvertOptions(batch_size=4, device="cpu"))
-    make_phantoms(tmp / "phantoms", subjects=1, shape=(32, 32, 12), spacing=(6.0, 6.0, 8.0), seed=0)
-    phantom = tmp / "phantoms" / "dicom" / "ct" / "subj000"
-    sources = {"mr_from_ct": _write(scanner_series("CT", 4, patient_position="HFS"), tmp / "ct"),
-               "ct_from_mr": _write(scanner_series("MR", 4, patient_position=None, seed=1), tmp / "mr"),
-               "mr_from_phantom_ct": phantom}
-    out: dict[str, tuple[Path, Path | None]] = {"phantom_ct": (phantom, None)}
-    for kind, source in sources.items():
-        service.convert_series(source).derived.write(tmp / kind)
-        out[kind] = (tmp / kind, source)
-    return out
+    return write_object_kinds(tmp_path_factory.mktemp("conformance"))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", OBJECT_KINDS)
 def test_dciodvfy_finds_no_error_and_dcmdump_no_warning(written: dict, kind: str) -> None:
     require_tools("dciodvfy", "dcmdump")
     folder, _ = written[kind]
     files = sorted(folder.glob("*.dcm"))
     assert files
-    for path in (files[0], files[-1]):
+    for path in files:
         assert dciodvfy_errors(path) == [], (kind, path.name)
         assert dcmdump_problems(path) == [], (kind, path.name)
 
@@ -109,3 +85,20 @@ def test_negative_control_the_check_fails_on_a_missing_type_2c_attribute(written
     ds.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
     errors = dciodvfy_errors(tmp_path / "broken.dcm")
     assert len(errors) == 1 and "PatientPosition" in errors[0], errors
+
+
+def test_negative_control_only_the_listed_unknown_tags_are_excused(written: dict, tmp_path: Path) -> None:
+    require_tools("dciodvfy")
+    ds = pydicom.dcmread(sorted(written["ct_from_mr"][0].glob("*.dcm"))[0])
+    ds.add_new(0x00109999, "CS", "X")  # an even-group tag no edition defines: not excused like SyntheticData
+    ds.save_as(tmp_path / "unknown.dcm", enforce_file_format=True)
+    errors = dciodvfy_errors(tmp_path / "unknown.dcm")
+    assert len(errors) == 1 and "(0x0010,0x9999)" in errors[0], errors
+
+
+def test_negative_control_an_unreadable_file_fails_both_tools(written: dict, tmp_path: Path) -> None:
+    require_tools("dciodvfy", "dcmdump")
+    source = sorted(written["mr_from_ct"][0].glob("*.dcm"))[0]
+    (tmp_path / "cut.dcm").write_bytes(source.read_bytes()[:600])  # cut inside the header
+    assert dciodvfy_errors(tmp_path / "cut.dcm")
+    assert dcmdump_problems(tmp_path / "cut.dcm")
