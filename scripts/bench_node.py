@@ -8,8 +8,13 @@ checked in Orthanc); overall: series per minute from the first send to the last 
 File road: the same series written as DICOM folders and converted by ``ctmri convert --dicom`` in this process
 (model load included, as a user runs it; the interpreter start is not).
 Prints one JSON line; ``throughput_ratio`` = node series/min / file series/min.
+``--dcmtk``: DCMTK on both sides instead (the issue-29 load): ``--associations`` ``storescu`` processes at once,
+each sending its share one series per process, and ``storescp`` as the destination (each instance under a unique
+name); checked: every derived series delivered exactly once, a sent journal row each, the spool back to empty; the
+node's RSS after the first 2 series sent and at the end.
 
     PYTHONPATH=. python scripts/bench_node.py --series 8 --slices 16 --size 64
+    PYTHONPATH=. python scripts/bench_node.py --dcmtk --series 20 --slices 3 --size 32
 """
 
 from __future__ import annotations
@@ -30,11 +35,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from dicom_net import (  # noqa: E402
     NodeProcess,
     Orthanc,
+    Storescp,
     c_store,
+    dcmtk_store,
     free_port,
     journal_rows,
     phantom_series,
+    spool_footprint,
     wait_for,
+    write_series,
 )
 
 
@@ -95,6 +104,50 @@ def run_node(work: Path, checkpoint: Path, series: list[list], associations: int
         orthanc.stop()
 
 
+def run_dcmtk(work: Path, checkpoint: Path, series: list[list], clients: int) -> dict:
+    """The node between ``clients`` concurrent storescu processes and a storescp (see the module docstring)."""
+    import pydicom
+
+    files = [write_series(s, work / "src" / f"s{k:03d}") for k, s in enumerate(series)]
+    uids = {str(s[0].SeriesInstanceUID) for s in series}
+    dest, port = Storescp(work / "received"), free_port()
+    node = NodeProcess(checkpoint, work / "spool", port, "--allow-aet", "ORTHANC", "--destination",
+                       f"DEST@127.0.0.1:{dest.port}", "--idle-seconds", "30")
+    try:
+        codes: list[int] = []
+
+        def feed(k: int) -> None:
+            for j, share in enumerate(files[k::clients]):
+                codes.append(dcmtk_store(share, port, work / f"storescu-{k}-{j}.log").wait(timeout=600))
+
+        def sent() -> dict[str, dict]:
+            return {r["series_uid"]: r for r in journal_rows(work / "spool") if r["status"] == "sent"
+                    and r["series_uid"] in uids}
+
+        t0 = time.time()
+        threads = [threading.Thread(target=feed, args=(k,), daemon=True) for k in range(clients)]
+        for t in threads:
+            t.start()
+        rss_2 = wait_for(lambda: node.rss_kib() if len(sent()) >= 2 else None, 1800, "2 series sent", every=0.05)
+        rows = wait_for(lambda: (lambda r: r if len(r) == len(series) else None)(sent()), 1800,
+                        "every derived series", every=0.05)
+        total = max(r["sent_at"] for r in rows.values()) - t0
+        rss_end = node.rss_kib()
+        for t in threads:
+            t.join(timeout=600)
+        sops = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in dest.received()]
+        assert codes == [0] * len(series), f"storescu exit codes {codes}"
+        assert len(sops) == len(set(sops)) == sum(map(len, series)), "an instance lost or received twice"
+        assert all(r["output_series_uid"] for r in rows.values())
+        wait_for(lambda: spool_footprint(work / "spool") == (0, 0), 60, "the spool emptied")
+        return {"seconds": round(total, 2), "series_per_min": round(60 * len(series) / total, 2),
+                "rss_after_2_kib": rss_2, "rss_end_kib": rss_end, "rss_ratio": round(rss_end / rss_2, 3),
+                "instances_received": len(sops), "duplicates": len(sops) - len(set(sops))}
+    finally:
+        node.kill(15)
+        dest.stop()
+
+
 def run_files(work: Path, checkpoint: Path, series: list[list]) -> dict:
     from ctmri_monai.apps.cli import main as ctmri
 
@@ -120,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=2, help="residual blocks (9: the paper's ResNet-9)")
     parser.add_argument("--associations", type=int, default=4, help="concurrent associations feeding the node")
     parser.add_argument("--checkpoint", default=None, help="a trained checkpoint (default: a tiny untrained one)")
+    parser.add_argument("--dcmtk", action="store_true",
+                        help="storescu processes in, storescp out, instead of pynetdicom in and Orthanc out")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="ctmri-bench-node-") as tmp:
@@ -127,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = Path(args.checkpoint) if args.checkpoint else tiny_checkpoint(work / "m.pt", args.size,
                                                                                     args.ngf, args.blocks)
         series = [phantom_series("CT", args.slices, args.size, seed=k) for k in range(args.series)]
-        node = run_node(work, checkpoint, series, args.associations)
+        node = (run_dcmtk if args.dcmtk else run_node)(work, checkpoint, series, args.associations)
         files = run_files(work, checkpoint, series)
     print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "series": args.series,
                       "slices": args.slices, "size": args.size, "ngf": args.ngf, "blocks": args.blocks,
-                      "associations": args.associations, "node": node, "files": files,
+                      "associations": args.associations, "client": "dcmtk" if args.dcmtk else "pynetdicom",
+                      "node": node, "files": files,
                       "throughput_ratio": round(node["series_per_min"] / files["series_per_min"], 3)}))
     return 0
 

@@ -28,6 +28,14 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 INSTALL_HINT = ("Orthanc is not installed: `sudo apt-get install orthanc orthanc-dicomweb` (or run "
                 "scripts/setup.sh as root); CI sets CTMRI_REQUIRE_ORTHANC=1 and fails instead of skipping")
 SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+TOOLS_HINT = ("DICOM tools missing: `sudo apt-get install dicom3tools dcmtk` (or run scripts/setup.sh as root); "
+              "CI sets CTMRI_REQUIRE_DICOM_TOOLS=1 and fails instead of skipping")
+#: Attributes the installed dciodvfy (dicom3tools 1.00~20220618) does not know yet, by their tag as it prints it,
+#: with the edition of the standard's data dictionary (PS3.6) that added each; only error lines naming one of these
+#: are excused (SyntheticData: in pydicom's dictionary from 2024c, absent from its 2023e one).
+UNKNOWN_TO_VALIDATOR = {"(0x0008,0x001c)": "SyntheticData, DICOM 2024b"}
+#: The IODs dciodvfy names on its own line when it recognises the object (anything else: an error).
+KNOWN_IODS = ("CTImage", "MRImage")
 
 
 def free_port() -> int:
@@ -43,6 +51,41 @@ def require_orthanc(dicomweb: bool = False) -> None:
         if os.environ.get("CTMRI_REQUIRE_ORTHANC") == "1":
             pytest.fail(INSTALL_HINT)
         pytest.skip(INSTALL_HINT)
+
+
+def require_tools(*names: str) -> None:
+    """Skip (fail in CI, CTMRI_REQUIRE_DICOM_TOOLS=1) when a dicom3tools / DCMTK program is not on PATH."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        message = f"{', '.join(missing)} not found. {TOOLS_HINT}"
+        if os.environ.get("CTMRI_REQUIRE_DICOM_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def dciodvfy_lines(path: Path) -> tuple[str, list[str], list[str]]:
+    """dciodvfy on one file: the IOD it recognised ("" if none), every line saying "Error" or "Abort", and its
+    warnings (its exit status says nothing more: 1 for some errors, 0 for others)."""
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (done.stdout + done.stderr).splitlines()
+    iod = next((ln.strip() for ln in lines if ln.strip() in KNOWN_IODS), "")
+    errors = [ln for ln in lines if "Error" in ln or "Abort" in ln]
+    return iod, errors, [ln for ln in lines if "Warning" in ln and ln not in errors]
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's errors for one file, but those about attributes it does not know (`UNKNOWN_TO_VALIDATOR`); an
+    object whose IOD it does not recognise is an error too (nothing would have been checked)."""
+    iod, lines, _ = dciodvfy_lines(path)
+    errors = [ln for ln in lines if not any(tag in ln.lower() for tag in UNKNOWN_TO_VALIDATOR)]
+    return errors + ([] if iod else [f"dciodvfy recognised none of {KNOWN_IODS}"])
+
+
+def dcmdump_problems(path: Path) -> list[str]:
+    """What DCMTK's dcmdump says is wrong with one file: its warnings and errors (W: / E: / F:) and a bad exit."""
+    done = subprocess.run(["dcmdump", str(path)], capture_output=True, text=True, timeout=60)
+    problems = [ln for ln in done.stderr.splitlines() if ln[:2] in ("W:", "E:", "F:")]
+    return problems + ([f"exit status {done.returncode}"] if done.returncode else [])
 
 
 # ------------------------------------------------------------------------------------------------- series
@@ -84,6 +127,64 @@ def phantom_series(modality: str = "CT", slices: int = 4, size: int = 32, study_
         out.append(ds)
     return out
 
+#: What a scanner writes beyond `phantom_series`, per modality: the attributes a real CT / MR series carries, so that
+#: the source itself passes dciodvfy and every error in a derived series is ours.
+SCANNER_ATTRIBUTES = {
+    "CT": {"ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"], "KVP": "120", "AcquisitionNumber": 1,
+           "ConvolutionKernel": "H30s", "RescaleType": "HU", "WindowCenter": 40, "WindowWidth": 80},
+    "MR": {"ImageType": ["ORIGINAL", "PRIMARY", "OTHER"], "ScanningSequence": "GR", "SequenceVariant": "SP",
+           "ScanOptions": "", "MRAcquisitionType": "3D", "RepetitionTime": "2300", "EchoTime": "2.98",
+           "EchoTrainLength": 1, "MagneticFieldStrength": "3",
+           "WindowCenter": 500, "WindowWidth": 1000},
+}
+
+
+def scanner_series(modality: str = "CT", slices: int = 4, size: int = 32, patient_position: str | None = "HFS",
+                   seed: int = 0, study_uid: str | None = None, patient: tuple[str, str] | None = None
+                   ) -> list[Dataset]:
+    """`phantom_series` with what a real scanner adds (every Type 1 / 2 attribute of the CT or MR Image IOD, a
+    PatientPosition unless None, equipment); ``patient``: (name, ID) instead of the default ones."""
+    out = phantom_series(modality, slices, size, study_uid=study_uid, seed=seed)
+    for ds in out:
+        for keyword, value in SCANNER_ATTRIBUTES[modality].items():
+            setattr(ds, keyword, value)
+        ds.ReferringPhysicianName, ds.Manufacturer, ds.PositionReferenceIndicator = "", "ACME", ""
+        ds.BodyPartExamined, ds.SeriesDescription = "HEAD", f"head {modality.lower()}"  # unpaired: no Laterality
+        if patient_position is not None:
+            ds.PatientPosition = patient_position
+        if patient is not None:
+            ds.PatientName, ds.PatientID = patient
+    return out
+
+
+#: Every kind of DICOM object the project writes (`write_object_kinds`).
+OBJECT_KINDS = ("mr_from_ct", "ct_from_mr", "mr_from_phantom_ct", "phantom_ct")
+
+
+def write_object_kinds(folder: Path) -> dict[str, tuple[Path, Path | None]]:
+    """Write one series of each `OBJECT_KINDS` into ``folder`` with the ``ctmri_monai`` on the path: synthetic MR
+    from a scanner-like CT series (PatientPosition HFS), synthetic CT from a scanner-like MR series (none), synthetic
+    MR from the phantoms' CT, and the phantoms' CT (`make_phantoms`). Returns each kind's (folder of its files,
+    folder of its source series or None)."""
+    from conftest import write_tiny_checkpoint
+
+    from ctmri_monai.convert import ConversionService, ConvertOptions
+    from ctmri_monai.phantoms import make_phantoms
+
+    service = ConversionService.from_checkpoint(write_tiny_checkpoint(folder / "m.pt"), "cpu",
+                                                options=ConvertOptions(batch_size=4, device="cpu"))
+    make_phantoms(folder / "phantoms", subjects=1, shape=(32, 32, 12), spacing=(6.0, 6.0, 8.0), seed=0)
+    phantom = folder / "phantoms" / "dicom" / "ct" / "subj000"
+    sources = {"mr_from_ct": scanner_series("CT", 4, patient_position="HFS"),
+               "ct_from_mr": scanner_series("MR", 4, patient_position=None, seed=1)}
+    written: dict[str, tuple[Path, Path | None]] = {"phantom_ct": (phantom, None)}
+    for kind, source in {**sources, "mr_from_phantom_ct": phantom}.items():
+        if isinstance(source, list):
+            source = write_series(source, folder / f"source_{kind}")[0].parent
+        service.convert_series(source).derived.write(folder / kind)
+        written[kind] = (folder / kind, source)
+    return written
+
 
 def text_report(study_uid: str) -> Dataset:
     """A non-image object (a Basic Text SR) of ``study_uid``."""
@@ -124,6 +225,12 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def spool_footprint(spool: Path) -> tuple[int, int]:
+    """(files, bytes) under a node spool's ``incoming`` and ``outgoing``: what it holds beside its journal."""
+    files = [p for folder in ("incoming", "outgoing") for p in (spool / folder).rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
 
 
 def journal_rows(spool: Path) -> list[dict[str, Any]]:
@@ -279,3 +386,77 @@ class Receiver:
 
     def stop(self) -> None:
         self.server.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------------ DCMTK
+def dcmtk_echo(port: int, calling: str = "ORTHANC", called: str = "CTMRI") -> subprocess.CompletedProcess:
+    """DCMTK's ``echoscu`` (C-ECHO) against 127.0.0.1:``port``."""
+    return subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def dcmtk_store(files: list[Path], port: int, log: Path, calling: str = "ORTHANC",
+                called: str = "CTMRI") -> subprocess.Popen:
+    """DCMTK's ``storescu`` sending ``files`` in one association (started, not waited for; output to ``log``)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(["storescu", "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
+                                 *map(str, files)], stdout=out, stderr=subprocess.STDOUT)
+
+
+def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
+    """Part 10 files of ``datasets`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{k:04d}.dcm" for k in range(len(datasets))]
+    for ds, path in zip(datasets, paths, strict=True):
+        ds.save_as(path, enforce_file_format=True)
+    return paths
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Storescp:
+    """DCMTK's ``storescp`` as a destination on 127.0.0.1: one process (no fork), each received instance under a
+    unique file name in ``folder`` (so an instance received twice shows as two files)."""
+
+    def __init__(self, folder: Path, port: int | None = None, aet: str = "DEST") -> None:
+        self.folder, self.port, self.aet = folder, port or free_port(), aet
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log = folder.parent / f"{folder.name}-storescp.log"
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(["storescp", "-v", "-aet", self.aet, "-od", str(self.folder), "+uf",
+                                          str(self.port)], stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.proc.poll() is not None or _accepts(self.port), 30, "storescp to listen")
+        assert self.proc.poll() is None, self.log.read_text()[-2000:]
+
+    def _open_sockets(self) -> int:
+        fd = Path(f"/proc/{self.proc.pid}/fd")
+        return sum(os.readlink(p).startswith("socket:") for p in fd.iterdir())
+
+    def go_away(self, timeout: float = 60) -> None:
+        """Kill it while no association is open (frozen with SIGSTOP, its only socket the listening one), so no
+        instance is half stored: whatever it acknowledged is on disk, whatever it did not, it never stored."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            if self._open_sockets() <= 1:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+                return
+            os.kill(self.proc.pid, signal.SIGCONT)
+            time.sleep(0.01)
+        raise AssertionError(f"storescp never idle in {timeout:.0f} s")
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)

@@ -214,3 +214,61 @@ def test_a_journal_from_before_the_disagreement_map_stays_readable(tmp_path: Pat
         assert "1.25%" in format_jobs(journal.rows())
     finally:
         journal.close()
+
+
+class AbortingReceiver(Receiver):
+    """A destination that breaks its first association off before storing its ``after + 1``-th instance (the
+    first ``after`` are stored and acknowledged), then behaves."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.calls = after, 0
+        super().__init__()
+
+    def _store(self, event) -> int:
+        self.calls += 1
+        if self.calls == self.after + 1:
+            event.assoc.abort()  # gone mid-series: this instance is neither stored nor acknowledged
+            return 0xA700
+        return super()._store(event)
+
+
+def test_a_delivery_broken_off_mid_series_resends_only_the_unacknowledged_and_empties_the_spool(
+        service: ConversionService, tmp_path: Path) -> None:
+    from dicom_net import spool_footprint
+
+    dest = AbortingReceiver(after=2)
+    node = start_node(service, tmp_path / "spool", dest.port)
+    try:
+        ct = phantom_series("CT", 5)
+        assert c_store(ct, node.port) == [0] * 5
+        uid = str(ct[0].SeriesInstanceUID)
+        wait_for(lambda: status_of(tmp_path / "spool", uid) == "sent", 30, "delivery after the broken association")
+        sops = [str(ds.SOPInstanceUID) for ds in dest.received]
+        assert len(sops) == 5 and len(set(sops)) == 5, sops  # each instance once: none of the first two again
+        assert next(r for r in journal_rows(tmp_path / "spool") if r["series_uid"] == uid)["attempts"] == 2
+        assert spool_footprint(tmp_path / "spool") == (0, 0)  # received and derived instances are gone
+    finally:
+        node.stop()
+        dest.stop()
+
+
+def test_a_late_instance_of_a_sent_series_is_acknowledged_not_kept_not_converted(service: ConversionService,
+                                                                                 tmp_path: Path) -> None:
+    from dicom_net import spool_footprint
+
+    dest = Receiver()
+    node = start_node(service, tmp_path / "spool", dest.port)
+    try:
+        ct = phantom_series("CT", 4)
+        assert c_store(ct[:3], node.port) == [0] * 3
+        uid = str(ct[0].SeriesInstanceUID)
+        wait_for(lambda: status_of(tmp_path / "spool", uid) == "sent", 30, "the first three sent")
+        assert c_store(ct[3:], node.port) == [0]  # the fourth, late
+        row = wait_for(lambda: next((r for r in journal_rows(tmp_path / "spool") if r["instances"] == 4), None),
+                       30, "the late instance in the journal")
+        assert row["status"] == "sent" and spool_footprint(tmp_path / "spool") == (0, 0)
+        time.sleep(0.5)
+        assert len(dest.received) == 3
+    finally:
+        node.stop()
+        dest.stop()

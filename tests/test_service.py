@@ -31,6 +31,10 @@ from ctmri_monai.io.errors import ContractError
 
 BASE = "f3f5bd8"  # the conversion road before frames with their inverse and options built once
 NEW_LABELS: set[str] = set()  # elements today's objects add to the base's
+# Issue 29 (conformance to the CT / MR Image IOD) added, dropped (the MR's Modality LUT) and changed these on purpose
+CONFORMANCE_ADDED = {"PatientPosition", "Laterality", "RepetitionTime"}
+CONFORMANCE_DROPPED = {"RescaleIntercept", "RescaleSlope", "RescaleType"}
+CONFORMANCE_CHANGED = {"ImageType", "WindowCenter", "WindowWidth"}
 FRESH = {"SOPInstanceUID", "SeriesInstanceUID", "InstanceCreationDate", "InstanceCreationTime", "SeriesDate",
          "SeriesTime", "ContentDate", "ContentTime"}
 CONVERT = "import argparse, sys; from ctmri_monai.convert.cli import add_convert_arguments, main_convert; " \
@@ -87,9 +91,9 @@ def _differences(old: Path, new: Path) -> list[str]:
                     problems.append(f"{rel}: record differs: {ra} != {rb}")
         elif rel.suffix == ".dcm":
             ea, eb = _dicom_elements(a), _dicom_elements(b)
-            if set(eb) - set(ea) != NEW_LABELS or set(ea) - set(eb):
+            if set(eb) - set(ea) - CONFORMANCE_ADDED != NEW_LABELS or set(ea) - set(eb) - CONFORMANCE_DROPPED:
                 problems.append(f"{rel}: elements {sorted(set(ea) ^ set(eb))}")
-            problems += [f"{rel}: {k}" for k in ea if k in eb and ea[k] != eb[k]]
+            problems += [f"{rel}: {k}" for k in ea if k in eb and ea[k] != eb[k] and k not in CONFORMANCE_CHANGED]
         elif a.read_bytes() != b.read_bytes():
             problems.append(f"{rel}: bytes differ")
     return problems

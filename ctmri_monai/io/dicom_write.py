@@ -7,17 +7,23 @@ into a temporary folder that replaces ``folder`` when complete (`ctmri_monai.io.
 
 `write_dicom_series` writes a converted volume as a new, derived series next to its source series (same study).
 Per slice, the geometry (position, orientation, pixel spacing, thickness) comes from the source slice the output
-slice lies on. New SeriesInstanceUID and SOPInstanceUIDs; ImageType DERIVED\\SECONDARY; SeriesDescription
+slice lies on. New SeriesInstanceUID and SOPInstanceUIDs; ImageType DERIVED\\SECONDARY\\AXIAL (CT) or
+DERIVED\\SECONDARY\\OTHER (MR); SeriesDescription
 starting with "SYNTHETIC"; SyntheticData (0008,001C) YES and a ContributingEquipmentSequence naming this software,
 its version and the model file's SHA-256 (so that a PACS, a viewer and this software itself know the series is
 not an acquisition: `ctmri_monai.io.dicom_series.synthetic_origin` refuses to convert it again).
 Kept from the source: the study identification (StudyInstanceUID, date, time, ID,
-accession number, so PACS files the series next to the source), the frame of reference, and only the patient
-fields a derived series of the same study needs (PatientName, PatientID, PatientBirthDate, PatientSex). Nothing
-else is copied: no names of physicians or operators (ReferringPhysicianName, Type 2, is written empty), no
-institution or device, no study description, no private tags.
-Synthetic CT: int16 with RescaleIntercept -1024 (HU). Synthetic MRI: uint16 0..4095 with a rescale back to
-the network's [-1, 1] scale.
+accession number, so PACS files the series next to the source), the frame of reference, what describes the
+patient's position (PatientPosition, Laterality: copied, else present and empty), and only the patient fields a
+derived series of the same study needs (PatientName, PatientID, PatientBirthDate, PatientSex). Nothing else is
+copied: no names of physicians or operators (ReferringPhysicianName, Type 2, is written empty), no institution or
+device, no study description, no private tags. Every Type 1 and Type 2 attribute of the CT / MR Image IOD is
+written, and each Type 1C / 2C one whose condition holds; an acquisition attribute nobody measured (KVP,
+EchoTime, RepetitionTime, ...) is present and empty (Type 2 / 2C), never invented.
+Synthetic CT: int16 stored HU + 1024, RescaleIntercept -1024, RescaleSlope 1, RescaleType HU (the CT IOD's
+Modality LUT). Synthetic MR: uint16 0..4095 without a Modality LUT (no Rescale attributes: the MR Image IOD holds
+none), stored = round((x + 1) * 4095 / 2) of the network's [-1, 1] output, with a WindowCenter / WindowWidth
+that spans the head's 1st to 99th percentile.
 """
 
 from __future__ import annotations
@@ -48,8 +54,10 @@ PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
 STUDY_KEYWORDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber")
 #: Type 2 attributes of the modules written: present, but empty (never copied from the source).
 EMPTY_TYPE2_KEYWORDS = ("ReferringPhysicianName",)
-GEOMETRY_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-                     "SpacingBetweenSlices", "SliceLocation")
+GEOMETRY_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SpacingBetweenSlices",
+                     "SliceLocation")
+#: Per-slice Type 2 geometry: copied, else present and empty.
+GEOMETRY_TYPE2_KEYWORDS = ("SliceThickness",)
 MRI_LEVELS = 4095
 CT_INTERCEPT = -1024
 
@@ -123,15 +131,33 @@ def _copy(dst: Dataset, src: Dataset, keywords: tuple[str, ...], empty_if_missin
             setattr(dst, kw, "")
 
 
+def _copy_position(dst: Dataset, src: Dataset) -> None:
+    """What the source says of the patient's position and the body part (General Series): PatientPosition (Type
+    2C: copied, else empty), BodyPartExamined (Type 3: copied when present) and Laterality (Type 2C, needed for a
+    paired body part: copied; else empty, i.e. unknown, when the source names no body part either)."""
+    _copy(dst, src, ("PatientPosition",))
+    _copy(dst, src, ("BodyPartExamined",), empty_if_missing=False)
+    _copy(dst, src, ("Laterality",), empty_if_missing="BodyPartExamined" not in src)
+
+
 def _series_description(source: str, target: str, model_info: Mapping[str, Any] | None) -> str:
     name = Path(str((model_info or {}).get("file") or "")).stem
     text = f"SYNTHETIC {target.upper()} from {source.upper()}" + (f" ({name})" if name else "")
     return text[:64]
 
 
+def _tissue_window(stored: np.ndarray) -> tuple[int, int]:
+    """WindowCenter and WindowWidth over the 1st to 99th percentile of the voxels above the volume's minimum
+    (the head; the masked background is the minimum), or the whole stored range if nothing lies above it."""
+    tissue = stored[stored > stored.min()]
+    lo, hi = (np.percentile(tissue, [1, 99]) if tissue.size else (0, MRI_LEVELS))
+    width = max(int(round(hi - lo)), 1) + 1
+    return int(round((lo + hi) / 2)), width
+
+
 def _pixels(volume: np.ndarray, target: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Stored values ((slices, rows, columns): slice ``k`` is ``volume[:, :, k].T``) and the rescale and window
-    attributes."""
+    """Stored values ((slices, rows, columns): slice ``k`` is ``volume[:, :, k].T``) and the pixel value
+    attributes: CT in HU through the Modality LUT (Rescale), MR as plain integers (no Rescale) with a window."""
     planes = np.transpose(volume, (2, 1, 0))
     if target == "ct":
         stored = np.clip(np.asarray(planes, np.int32) - CT_INTERCEPT, -32768, 32767).astype(np.int16)
@@ -140,8 +166,8 @@ def _pixels(volume: np.ndarray, target: str) -> tuple[np.ndarray, dict[str, Any]
     else:
         unit = np.clip(np.asarray(planes, np.float32), -1.0, 1.0)
         stored = np.rint((unit + 1.0) * (MRI_LEVELS / 2.0)).astype(np.uint16)
-        attrs = {"RescaleIntercept": -1, "RescaleSlope": f"{2.0 / MRI_LEVELS:.10g}", "RescaleType": "US",
-                 "WindowCenter": 0, "WindowWidth": 2}
+        center, width = _tissue_window(stored)
+        attrs = {"WindowCenter": center, "WindowWidth": width}
     return np.ascontiguousarray(stored), attrs
 
 
@@ -167,7 +193,7 @@ def _series_template(src: Dataset, attrs: dict[str, Any], target: str, series_ui
     ds = Dataset()
     if "SpecificCharacterSet" in src:
         ds.SpecificCharacterSet = src.SpecificCharacterSet
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if target == "ct" else "OTHER"]  # CT: a cross-section
     ds.SOPClassUID = CTImageStorage if target == "ct" else MRImageStorage
     date, time_ = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time_
@@ -176,6 +202,7 @@ def _series_template(src: Dataset, attrs: dict[str, Any], target: str, series_ui
         setattr(ds, kw, "")
     _copy(ds, src, PATIENT_KEYWORDS)
     ds.Modality = "CT" if target == "ct" else "MR"
+    _copy_position(ds, src)
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = int(src.get("SeriesNumber", 0) or 0) + 1000
     ds.SeriesDescription = description
@@ -195,10 +222,8 @@ def _series_template(src: Dataset, attrs: dict[str, Any], target: str, series_ui
     else:
         ds.ScanningSequence = "RM"  # research mode: no acquisition
         ds.SequenceVariant = "NONE"
-        ds.ScanOptions = ""
-        ds.MRAcquisitionType = ""
-        ds.EchoTime = ""
-        ds.EchoTrainLength = ""
+        for kw in ("ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime", "EchoTrainLength"):
+            setattr(ds, kw, "")  # Type 2 / 2C (RepetitionTime: unless echo-planar): nothing was acquired
     for kw, value in attrs.items():
         setattr(ds, kw, value)
     return ds
@@ -210,6 +235,7 @@ def _slice_elements(src: Dataset, number: int) -> Dataset:
     ds.SOPInstanceUID = generate_uid()
     ds.InstanceNumber = number
     _copy(ds, src, GEOMETRY_KEYWORDS, empty_if_missing=False)
+    _copy(ds, src, GEOMETRY_TYPE2_KEYWORDS)
     ref = Dataset()
     ref.ReferencedSOPClassUID = src.SOPClassUID
     ref.ReferencedSOPInstanceUID = src.SOPInstanceUID

@@ -56,10 +56,18 @@ def backoff(attempts: int, base: float, ceiling: float) -> float:
 
 
 def send_series(folder: Path, destination: Destination, calling_aet: str, timeout: float = 30.0) -> int:
-    """C-STORE every file of ``folder`` (one series) to ``destination`` in one association; returns the count.
+    """C-STORE the files of ``folder`` (one series) to ``destination`` in one association; returns the count sent.
 
-    Raises `SendError` when the association is refused or any instance is not stored with status 0x0000."""
+    Each instance the destination acknowledged (status 0x0000) is removed from ``folder`` at once, and the empty
+    folder at the end: a retry after a broken association sends only what was not acknowledged, so no instance
+    reaches a destination twice (a folder already gone: nothing left to send). Raises `SendError` when the
+    association is refused or an instance is not stored with status 0x0000."""
+    if not folder.is_dir():
+        return 0
     files = sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
+    if not files:
+        folder.rmdir()
+        return 0
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in (CTImageStorage, MRImageStorage):
@@ -75,7 +83,9 @@ def send_series(folder: Path, destination: Destination, calling_aet: str, timeou
             if code != 0x0000:
                 raise SendError(f"{destination}: C-STORE of {path.stem} answered "
                                 f"{'no status' if code is None else f'0x{code:04X}'}")
+            path.unlink()
     finally:
         if assoc.is_established:
             assoc.release()
+    folder.rmdir()
     return len(files)

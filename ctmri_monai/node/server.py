@@ -132,7 +132,9 @@ class Node:
         if not image:
             logger.info("stored non-image instance %s of series %s (not converted)", sop_uid, series_uid)
         elif status not in ("receiving",):
-            logger.info("instance %s of series %s, already %s: stored, not converted again", sop_uid,
+            if status != "converting":  # a finished series: the instance is not kept (its conversion is done)
+                self.spool.release(series_uid)
+            logger.info("instance %s of series %s, already %s: acknowledged, not converted again", sop_uid,
                         series_uid, status)
         return SUCCESS
 
@@ -168,16 +170,19 @@ class Node:
             result.derived.write(self.spool.outgoing(uid))
         except CtmriError as exc:
             self.journal.update(uid, status="failed", reason=str(exc), updated_at=time.time())
+            self.spool.release(uid)  # refused: the reason is in the journal, the source at its sender
             logger.warning("series %s failed: %s", uid, exc)
             return
         except Exception as exc:  # noqa: BLE001 - one bad series must not stop the node
             self.journal.update(uid, status="failed", reason=f"{type(exc).__name__}: {exc}", updated_at=time.time())
+            self.spool.release(uid)
             logger.exception("series %s failed", uid)
             return
         status = "sending" if self.config.destination is not None else "converted"
         self.journal.update(uid, status=status, reason=None, direction=result.converted.report["direction"],
                             output_series_uid=result.derived.series_uid, converted_at=time.time(), next_attempt=0,
                             disagreement=result.converted.report.get("disagreement"))
+        self.spool.release(uid)  # the derived series is in outgoing: the received instances are done with
         logger.info("series %s converted to %s in %.1f s", uid, result.derived.series_uid, time.perf_counter() - t0)
         del result
         self._wake.set()

@@ -1,13 +1,17 @@
 """The node's spool folder: received instances, derived series and the journal, all written atomically.
 
 ``incoming/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``: every received instance, flushed to disk and renamed into
-place before the C-STORE is answered with success; ``outgoing/<SeriesInstanceUID>/``: the derived series of that
-source series, complete or absent; ``journal.sqlite``: the `Journal`.
+place before the C-STORE is answered with success, kept until its series is finished (converted or refused; an
+instance arriving after that is not kept); ``outgoing/<SeriesInstanceUID>/``: the derived series of that source
+series, complete or absent, each instance removed once the destination acknowledged it (so the folder is gone when
+the series is sent; without a destination it stays); ``journal.sqlite``: the `Journal`. Non-image objects (stored,
+not converted) stay in ``incoming``.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,10 @@ class Spool:
         folder = self.incoming(series_uid)
         path = folder / f"{_safe_uid(sop_uid, 'SOPInstanceUID')}.dcm"
         return atomic_write(path, lambda tmp: tmp.write_bytes(encoded), fsync=True)
+
+    def release(self, series_uid: str) -> None:
+        """Remove the received instances of a finished series (its derived series is written, or it was refused)."""
+        shutil.rmtree(self.incoming(series_uid), ignore_errors=True)
 
     def clean(self) -> None:
         """Remove temporary files that a killed writer left behind."""

@@ -104,6 +104,8 @@ def _write_ct_dicom(series_dir: Path, ph: Phantom, seed: int, window: tuple[floa
     ds.SliceThickness = ds_(sz)
     ds.SpacingBetweenSlices = ds_(sz)
     ds.PatientPosition = "HFS"
+    ds.BodyPartExamined = "HEAD"  # unpaired, so no Laterality (Type 2C)
+    ds.AcquisitionNumber = ""  # Type 2 of the CT Image module: no acquisition
     ds.StudyInstanceUID = uid("study")
     ds.SeriesInstanceUID = uid("series")
     ds.StudyID = "1"
