@@ -171,8 +171,8 @@ def write_object_kinds(folder: Path) -> dict[str, tuple[Path, Path | None]]:
     from ctmri_monai.convert import ConversionService, ConvertOptions
     from ctmri_monai.phantoms import make_phantoms
 
-    service = ConversionService.from_checkpoint(write_tiny_checkpoint(folder / "m.pt"), "cpu",
-                                                options=ConvertOptions(batch_size=4, device="cpu"))
+    service = ConversionService.from_checkpoint(write_tiny_checkpoint(folder / "m.pt"),
+                                                ConvertOptions.for_run("cpu", batch_size=4))
     make_phantoms(folder / "phantoms", subjects=1, shape=(32, 32, 12), spacing=(6.0, 6.0, 8.0), seed=0)
     phantom = folder / "phantoms" / "dicom" / "ct" / "subj000"
     sources = {"mr_from_ct": scanner_series("CT", 4, patient_position="HFS"),

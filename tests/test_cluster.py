@@ -31,7 +31,7 @@ from ctmri_monai.utils.distributed import free_port
 from ctmri_monai.utils.hashing import file_sha256
 
 VOLUMES = 6
-CPU = {"device": "cpu"}  # what each worker passes ConvertOptions.for_run
+CPU = {"device": "cpu", "disagreement": True}  # what each worker passes ConvertOptions.for_run (maps on)
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
@@ -71,7 +71,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _convert_args(inputs: Path | list[Path], ckpt: Path, out: Path, *extra: str) -> list[str]:
     paths = [str(p) for p in (inputs if isinstance(inputs, list) else [inputs])]
     return ["convert", *paths, "--direction", "ct2mri", "--checkpoint", str(ckpt), "--output-dir", str(out),
-            "--device", "cpu", "--no-progress", *extra]
+            "--device", "cpu", "--no-progress", "--disagreement", *extra]
 
 
 def _pixels(path: Path) -> bytes:

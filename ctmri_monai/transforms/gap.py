@@ -6,7 +6,8 @@ Two figures per volume, both against the contract's `TrainingReference` of the s
   training images' in-head values (from their recorded quantiles), over the distance between two random halves of
   the training set (``halves_distance``). 1 is as close as training is to itself.
 * ``head_size_ratio``: the framed head's median per-slice extent (longer side of each slice's bounding box, frame
-  px, `slice_extent`) over the training images' median.
+  px, `slice_extent`) over the training images' median; for models trained on volumes, the head's extent over the
+  whole volume over the training volumes' median, as those were measured.
 
 A volume is "far from training" when its intensity distance exceeds what single training images (volumes, for
 models trained on volumes) reach (the 95th percentile of their distances to the whole training set,
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ctmri_monai.spec import QUANTILE_LEVELS, ModelSpec
-from ctmri_monai.transforms.mask import slice_extent
+from ctmri_monai.transforms.mask import mask_extent, slice_extent
 
 __all__ = ["FAR_HEAD_SIZE", "FAR_INTENSITY_RATIO", "domain_gap", "in_head_quantiles", "quantile_distance"]
 
@@ -59,7 +60,11 @@ def domain_gap(spec: ModelSpec, domain: str, frames: np.ndarray, mask: np.ndarra
     ref = spec.reference(domain)
     out: dict[str, Any] = {"intensity_distance": None, "intensity_ratio": None, "intensity_limit": None,
                            "head_extent_px": None, "head_size_ratio": None, "far": False, "message": None}
-    extent = slice_extent(mask)  # the head size a typical slice shows, as the training median of single images
+    if spec.layout == "volumes":  # measured as the training volumes were: the head over the whole volume
+        whole = mask_extent(mask)
+        extent = None if whole is None else whole[0]
+    else:  # the head size a typical slice shows, as the training median of single images
+        extent = slice_extent(mask)
     if extent is not None:
         out["head_extent_px"] = round(extent, 2)
         if ref.head_extent_px:
