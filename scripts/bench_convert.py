@@ -24,11 +24,13 @@ FLOPs per slice: torch.utils.flop_counter of one forward. Prints a table and wri
 
     python scripts/bench_convert.py --workers 1,2   # files per minute: one process vs Dask local workers
 
---workers: 12 phantom CT volumes (64 x 64 x 16, 3 mm), a small two-generator checkpoint (ResNet ngf 16, 3 blocks;
-map on), converted by run_batch in this process and by run_cluster_batch on a LocalCluster of each worker count
-(one thread each).
+--workers: 12 phantom CT volumes (64 x 64 x 16, 3 mm; --slices S for 64 x 64 x S), a small two-generator
+checkpoint (ResNet ngf 16, 3 blocks; the map off, as by default; --disagreement turns it on everywhere), converted
+by run_batch in this process and by run_cluster_batch on a LocalCluster of each worker count (one thread each).
 Files per minute are timed from the first finished file to the last (startup and model loads excluded); the
-per-file overhead is (that time x workers / files) minus the mean conversion seconds the records report.
+overhead per file is, on each worker, the time between two of its files finishing (seen by the client) minus the
+second one's conversion seconds as its record reports them, averaged over all such pairs from the worker's second
+file on (the client fetches a worker's first result over a new connection).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -143,6 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", default=None, help="e.g. 1,2: Dask local worker counts vs one process")
     p.add_argument("--files", type=int, default=12, help="--workers: volumes in the batch")
     p.add_argument("--rounds", type=int, default=2, help="--engines: interleaved rounds")
+    p.add_argument("--disagreement", action="store_true", help="--workers: make the disagreement map too")
     return p.parse_args(argv)
 
 
@@ -209,15 +213,29 @@ def main_engines(args: argparse.Namespace) -> int:
 
 
 def _batch_rate(convert: Any, files: int) -> dict[str, Any]:
-    """Run ``convert(on_record)``; files per minute from the first finished file to the last, conversion s."""
-    stamps, seconds = [], []
-    convert(lambda r: (stamps.append(time.perf_counter()), seconds.append(r["seconds"] or 0.0)))
+    """Run ``convert(on_record)``: files per minute from the first finished file to the last, the mean conversion
+    seconds the records report, and the overhead per file: on each worker (one thread), the time between its
+    consecutive finished files that its conversions do not account for, from its second file on (the client
+    fetches a worker's first result over a new connection, which delays that one), over all workers."""
+    stamps, seconds, by_worker = [], [], defaultdict(list)
+
+    def on_record(record: dict[str, Any]) -> None:
+        stamps.append(time.perf_counter())
+        seconds.append(record["seconds"] or 0.0)
+        by_worker[record.get("worker")].append((stamps[-1], seconds[-1]))
+
+    convert(on_record)
     steady = stamps[-1] - stamps[0]
+    runs = [done[1:] for done in by_worker.values() if len(done) >= 3]
+    gaps = [(done[-1][0] - done[0][0]) - sum(s for _, s in done[1:]) for done in runs]
+    intervals = sum(len(done) - 1 for done in runs)
     return {"files": files, "files_per_min": 60 * (files - 1) / steady, "steady_s": steady,
-            "convert_s_per_file": sum(seconds) / files}
+            "convert_s_per_file": sum(seconds) / files,
+            "overhead_s_per_file": sum(gaps) / intervals if intervals else float("nan")}
 
 
-def _on_record(workers: int | None, inputs: list[Path], out: Path, ckpt: Path, on_record: Any) -> int:
+def _on_record(workers: int | None, inputs: list[Path], out: Path, ckpt: Path, disagreement: bool,
+               on_record: Any) -> int:
     """One batch through a single process (``workers`` None) or a LocalCluster of ``workers``."""
     from ctmri_monai.convert import BatchOptions, ConvertOptions, ModelSource, run_batch
     from ctmri_monai.convert.cluster.args import ClusterSpec
@@ -226,10 +244,11 @@ def _on_record(workers: int | None, inputs: list[Path], out: Path, ckpt: Path, o
     common = {"progress": False, "overwrite": True, "stream": open(os.devnull, "w"), "on_record": on_record}
     model = ModelSource(checkpoint=ckpt)
     if workers is None:
-        options = BatchOptions(convert=ConvertOptions.for_run("cpu", model=ckpt), **common)
+        options = BatchOptions(convert=ConvertOptions.for_run("cpu", model=ckpt, disagreement=disagreement),
+                               **common)
         return run_batch(inputs, out, "ct2mri", model, options)
     return run_cluster_batch(inputs, out, "ct2mri", model, ClusterSpec(workers=workers), BatchOptions(**common),
-                             request={"device": "cpu"})
+                             request={"device": "cpu", "disagreement": disagreement})
 
 
 def main_workers(args: argparse.Namespace) -> int:
@@ -244,7 +263,7 @@ def main_workers(args: argparse.Namespace) -> int:
         root = Path(tmp)
         (root / "in").mkdir()
         for i in range(args.files):
-            s = make_subject(i, seed=0, shape=(64, 64, 16), spacing=(3.0, 3.0, 8.0))
+            s = make_subject(i, seed=0, shape=(64, 64, args.slices or 16), spacing=(3.0, 3.0, 8.0))
             nib.save(nib.Nifti1Image(s.ct.astype(np.int16), s.affine), root / "in" / f"ct{i:02d}.nii.gz")
         from ctmri_monai.spec import CTIntensity, ModelSpec, NetworkSpec, SliceGeometry
 
@@ -259,10 +278,9 @@ def main_workers(args: argparse.Namespace) -> int:
                                                  for n in map(int, args.workers.split(","))]
         for name, n, workers in modes:
             out = root / name.replace(" ", "_")
-            row = _batch_rate(partial(_on_record, workers, [root / "in"], out, ckpt), args.files)
-            overhead = row["steady_s"] * n / (args.files - 1) - row["convert_s_per_file"]
-            rows.append({"mode": name, "workers": n, **row, "overhead_s_per_file": overhead,
-                         "overhead_pct": 100 * overhead / row["convert_s_per_file"]})
+            row = _batch_rate(partial(_on_record, workers, [root / "in"], out, ckpt, args.disagreement), args.files)
+            rows.append({"mode": name, "workers": n, **row,
+                         "overhead_pct": 100 * row["overhead_s_per_file"] / row["convert_s_per_file"]})
     base = next(r for r in rows if r["workers"] == 1 and r["mode"].startswith("dask"))["files_per_min"]
     for row in rows:
         row["x_1_worker"] = row["files_per_min"] / base

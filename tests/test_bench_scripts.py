@@ -126,3 +126,22 @@ def test_bench_convert_engines_quick(tmp_path: Path) -> None:
         if row["engine"] == "torch":
             assert row["ratio_vs_torch"] == 1.0
     assert data["best_end_to_end"]["engine"] != "torch" and "best end to end" in result.stdout
+
+
+def test_bench_convert_workers_quick(tmp_path: Path) -> None:
+    """--workers: one process and Dask local workers on the same batch; a worker's overhead from its own files."""
+    out = tmp_path / "workers.json"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_convert.py"), "--workers", "1,2",
+                             "--files", "8", "--slices", "8", "--output", str(out)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"single process", "dask 1 worker(s)", "dask 2 worker(s)"}
+    assert rows["dask 1 worker(s)"]["x_1_worker"] == 1.0
+    for row in rows.values():
+        assert row["files"] == 8 and row["files_per_min"] > 0 and row["convert_s_per_file"] > 0
+        # the time between one worker's finished files holds its conversions: the overhead is never below what
+        # the records' rounding (1 ms) leaves; the earlier whole-batch formula went negative with 2 workers
+        assert row["overhead_s_per_file"] > -0.002, row
+        assert row["overhead_pct"] == pytest.approx(100 * row["overhead_s_per_file"] / row["convert_s_per_file"])
