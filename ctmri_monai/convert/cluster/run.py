@@ -69,18 +69,22 @@ def run_cluster_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.
 
 
 def _submit(client: Any, ref: ModelRef, plan: BatchPlan, service: ConversionService) -> tuple[list, dict]:
-    """The records known without a worker (refused inputs, finished outputs) and the futures of the rest."""
+    """The records known without a worker (refused inputs, finished outputs) and the futures of the rest, sent
+    to the scheduler at once: it sees the whole group and queues the tasks that have no free worker thread
+    instead of placing them behind a running file, where a worker's death would count against them too."""
     records: list[dict[str, Any] | None] = [None] * len(plan.jobs)
-    futures: dict[Any, int] = {}
-    token = uuid.uuid4().hex[:8]
+    todo: list[int] = []
     for i, job in enumerate(plan.jobs):
         if job.problem is not None:
             records[i] = convert_one(service, job, ref.direction)
         elif i not in plan.todo:
             records[i] = skipped_record(job, plan.previous.get(str(job.output), {}))
-        else:  # the key names the file on the dashboard
-            futures[client.submit(convert_task, ref, job, key=f"ctmri-convert-{job.output.name}-{token}")] = i
-    return records, futures
+        else:
+            todo.append(i)
+    token = uuid.uuid4().hex[:8]  # the keys name the files on the dashboard
+    keys = [f"ctmri-convert-{plan.jobs[i].output.name}-{token}" for i in todo]
+    futures = client.map(convert_task, [ref] * len(todo), [plan.jobs[i] for i in todo], key=keys, pure=False)
+    return records, dict(zip(futures, todo, strict=True))
 
 
 def _convert_on(client: Any, ref: ModelRef, plan: BatchPlan, service: ConversionService,
