@@ -9,7 +9,8 @@ from ctmri_monai.engines.schedule import cyclegan_scheduler
 from ctmri_monai.handlers.budget import TimeBudgetHandler
 
 
-@pytest.mark.parametrize("plans", [{30: 200}, {30: 200, 120: 260, 180: 230}, {5: 40, 25: 400, 300: 320}])
+@pytest.mark.parametrize("plans", [{30: 200}, {30: 200, 120: 260, 180: 230}, {5: 40, 25: 400, 300: 320},
+                                   {30: 200, 150: 151}, {30: 200, 101: 103}, {30: 200, 101: 102}])
 def test_respread_is_monotone_and_ends_at_zero(plans: dict[int, int]) -> None:
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = cyclegan_scheduler(optimizer, n_epochs=100, n_epochs_decay=100, epoch_length=10)

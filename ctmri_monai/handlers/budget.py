@@ -136,8 +136,10 @@ class TimeBudgetHandler:
             constant = max(round(total * self.constant_fraction), step)
         elif factor <= 0:
             return
-        else:  # continue the decay from the current factor down to zero at the new end
-            constant = round((step + 1 - (1.0 - factor) * total) / factor)
+        else:  # continue the decay from the current factor down to zero at the new end; an end too near for
+            # that (the next iteration the last, or just past the constant phase) drops faster from here, never
+            # back into the constant phase (the learning rate back at its base)
+            constant = min(round((step + 1 - (1.0 - factor) * total) / factor), step)
         rule.set_total(constant, total - constant)
         for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base * rule(step)
