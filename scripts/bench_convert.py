@@ -136,7 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", default="resnet", choices=["resnet", "unet"])
     p.add_argument("--checkpoint", default=None, help="use this checkpoint's CT->MRI generator")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
-    p.add_argument("--slices", type=int, default=None, help="slices of the test volume (default 32 CPU, 256 CUDA)")
+    p.add_argument("--slices", type=int, default=None,
+                   help="slices of the test volume (default 32 CPU, 256 CUDA; --workers: 16)")
     p.add_argument("--batch-size", type=int, default=None, help="slices per generator call (default 16 CPU, 64 CUDA)")
     p.add_argument("--repeats", type=int, default=None, help="timed passes over the volume (default 1 CPU, 5 CUDA)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")

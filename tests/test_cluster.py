@@ -363,7 +363,7 @@ def test_slurm_jobs_from_the_readmes_jobqueue_yaml_convert_the_batch(batch: dict
     jobs_alive = [s for s in scripts if subprocess.run(["pgrep", "-f", str(s)], capture_output=True).returncode == 0]
     _until(lambda: not [s for s in jobs_alive if subprocess.run(["pgrep", "-f", str(s)],
                                                                 capture_output=True).returncode == 0],
-           60, "the jobs to end after scancel")
+           20, "the jobs to end after scancel")  # well inside the workers' own --death-timeout 60
 
 
 def test_with_n_gpus_local_worker_i_takes_gpu_i() -> None:

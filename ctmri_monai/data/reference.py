@@ -40,7 +40,7 @@ from ctmri_monai.data.images import reraise_input_error
 from ctmri_monai.data.volumes import MIN_FOREGROUND
 from ctmri_monai.spec import ModelSpec, TrainingReference
 from ctmri_monai.transforms.gap import in_head_quantiles, quantile_distance
-from ctmri_monai.transforms.mask import image_head_mask, mask_extent
+from ctmri_monai.transforms.mask import image_head_mask, mask_extent, reference_head_extent
 from ctmri_monai.transforms.pipelines import image_pipeline, volume_pipeline
 
 __all__ = ["MAX_IMAGES", "MAX_VOLUMES", "SLICES_PER_VOLUME", "measure_reference", "measure_volume_reference",
@@ -113,13 +113,13 @@ def measure_volume_reference(files: Sequence[Path], spec: ModelSpec, domain: str
         except Exception as exc:  # noqa: BLE001 - unwrap MONAI's RuntimeError: one error naming the file
             reraise_input_error(exc)
         frames, mask = framed["image"].as_tensor()[0].numpy(), np.asarray(framed["head"])[0] > 0
-        extent = mask_extent(mask)
+        extent = reference_head_extent(mask, "volumes")
         if extent is None:
             continue
         head = np.flatnonzero(mask.mean(axis=(0, 1)) > MIN_FOREGROUND)
         head = head if head.size else np.flatnonzero(mask.any(axis=(0, 1)))
         chosen = np.sort(rng.permutation(head)[:slices_per_volume])
-        extents.append(extent[0])
+        extents.append(extent)
         pooled.append(frames[..., chosen][mask[..., chosen]])
         singles.append(in_head_quantiles(frames, mask))
     return summarise(extents, pooled, singles, spec, rng)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ctmri_monai.spec import QUANTILE_LEVELS, ModelSpec
-from ctmri_monai.transforms.mask import mask_extent, slice_extent
+from ctmri_monai.transforms.mask import reference_head_extent
 
 __all__ = ["FAR_HEAD_SIZE", "FAR_INTENSITY_RATIO", "domain_gap", "in_head_quantiles", "quantile_distance"]
 
@@ -60,11 +60,7 @@ def domain_gap(spec: ModelSpec, domain: str, frames: np.ndarray, mask: np.ndarra
     ref = spec.reference(domain)
     out: dict[str, Any] = {"intensity_distance": None, "intensity_ratio": None, "intensity_limit": None,
                            "head_extent_px": None, "head_size_ratio": None, "far": False, "message": None}
-    if spec.layout == "volumes":  # measured as the training volumes were: the head over the whole volume
-        whole = mask_extent(mask)
-        extent = None if whole is None else whole[0]
-    else:  # the head size a typical slice shows, as the training median of single images
-        extent = slice_extent(mask)
+    extent = reference_head_extent(mask, spec.layout)  # measured as the training references were
     if extent is not None:
         out["head_extent_px"] = round(extent, 2)
         if ref.head_extent_px:

@@ -32,8 +32,8 @@ from ctmri_monai.io.orientation import axial_axis
 
 __all__ = ["CT_HEAD_HU", "HEAD_SLICE_SHARE", "HEAD_THRESHOLD", "MRI_HEAD_FRACTION", "HeadMaskd", "head_mask",
            "head_mask_slice", "image_head_mask", "image_head_mask_slice", "input_head_mask", "largest_component",
-           "mask_extent", "physical_head_mask", "physical_threshold", "slice_extent", "slice_extents",
-           "to_numpy", "with_min_area"]
+           "mask_extent", "physical_head_mask", "physical_threshold", "reference_head_extent", "slice_extent",
+           "slice_extents", "to_numpy", "with_min_area"]
 
 #: Head / air threshold in the [-1, 1] network scale of both domains (CT -800 HU in a [-1000, 1000] window,
 #: just above the floor of a brain window; MRI 10 % of its normalised range).
@@ -207,6 +207,16 @@ def slice_extent(mask: np.ndarray) -> float | None:
     compare with the training images' median; None without a head."""
     sides = slice_extents(mask)
     return float(np.median(sides)) if sides.size else None
+
+
+def reference_head_extent(mask: np.ndarray, layout: str) -> float | None:
+    """The head size (frame px) that a training reference of ``layout`` records, and that a conversion is
+    compared with: for "volumes" (a whole volume is the unit) the head's bounding box over the whole volume
+    (`mask_extent`); for images the head size a slice shows (`slice_extent`). None without a head."""
+    if layout == "volumes":
+        whole = mask_extent(mask)
+        return None if whole is None else whole[0]
+    return slice_extent(mask)
 
 
 def input_head_mask(image: Any, domain: str) -> np.ndarray:
