@@ -30,6 +30,30 @@ def test_respread_is_monotone_and_ends_at_zero(plans: dict[int, int]) -> None:
     assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:], strict=False)), "the learning rate went back up"
 
 
+def test_a_plan_after_the_schedule_reached_zero_does_not_extend_the_run() -> None:
+    """Once the next iteration is the planned last one (at zero), a faster speed would plan more: the plan
+    stays (else the run goes on past the rule's end and ends at an iteration it did not plan)."""
+    from ignite.engine import Engine
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = cyclegan_scheduler(optimizer, n_epochs=100, n_epochs_decay=100, epoch_length=10)
+    handler = TimeBudgetHandler(1.0, [scheduler])
+    handler.start = __import__("time").perf_counter()
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch_length, engine.state.epoch, engine.state.max_epochs = 10, 1, 100
+    engine.state.iteration = 10
+    for _ in range(10):
+        scheduler.step()
+    handler._plan(engine, iterations_per_second=4.0 / 60)  # a few iterations left in the minute
+    end = handler.planned_iterations
+    assert 11 < end <= 14
+    for engine.state.iteration in range(11, end):
+        scheduler.step()
+    assert scheduler.lr_lambdas[0](scheduler.last_epoch) == 0.0  # the planned last iteration runs at zero
+    handler._plan(engine, iterations_per_second=100.0)
+    assert handler.planned_iterations == end
+
+
 def test_disabled_without_budget() -> None:
     handler = TimeBudgetHandler(None)
     assert handler.budget is None and handler.window == 0.0

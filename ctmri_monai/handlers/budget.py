@@ -118,6 +118,9 @@ class TimeBudgetHandler:
 
     def _plan(self, engine: Engine, iterations_per_second: float, log: bool = True) -> None:
         done = engine.state.iteration
+        if self.planned_iterations is not None and any(
+                s.lr_lambdas[0](s.last_epoch) <= 0 for s in self.schedulers):
+            return  # the schedule is at zero for its last iteration: a new plan must not run past its end
         remaining = max(0.0, self.budget - self.elapsed() - self.reserve_seconds - self.validation_seconds)
         total = max(done + 1, done + math.floor(iterations_per_second * remaining * self.safety))
         self.iterations_per_second, self.planned_iterations = iterations_per_second, total
